@@ -1,0 +1,43 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "qwen-parity",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "qwen-parity", targets: ["qwen-parity"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries, found through pkg-config (make deps installs them).
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CHDF5", pkgConfig: "hdf5",
+                       providers: [.apt(["libhdf5-dev"])]),
+
+        // Float32 tensors; the matrix product goes through cblas_sgemm.
+        .target(name: "ParityTensor", dependencies: ["CBLAS"]),
+        // HDF5 reading and writing for golden files.
+        .target(name: "GoldenIO", dependencies: ["CHDF5"]),
+        // Config, weight names, layer kinds, caches and the protocol both implementations share.
+        .target(name: "ParityCore", dependencies: ["ParityTensor", "GoldenIO"]),
+        // Mirror of mlx-lm's text path.
+        .target(name: "LMMirror", dependencies: ["ParityCore", "ParityTensor"]),
+        // Scenarios, invariants, tolerances, reports.
+        .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror"]),
+        // Command-line commands (the executable only calls into this).
+        .target(name: "ParityCLI", dependencies: [
+            "ParityEngine",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "qwen-parity", dependencies: ["ParityCLI"]),
+
+        .testTarget(name: "ParityTensorTests", dependencies: ["ParityTensor"]),
+        .testTarget(name: "GoldenIOTests", dependencies: ["GoldenIO"]),
+        .testTarget(name: "ParityCoreTests", dependencies: ["ParityCore"]),
+        .testTarget(name: "LMMirrorTests", dependencies: ["LMMirror", "ParityCore"]),
+        .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO"]),
+    ]
+)
