@@ -1,0 +1,77 @@
+import Foundation
+
+// Elementwise maths and reductions over the last axis, in float32 like the references.
+
+public enum Activation {
+    @inline(__always) public static func sigmoid(_ x: Float) -> Float { 1 / (1 + Foundation.exp(-x)) }
+    @inline(__always) public static func silu(_ x: Float) -> Float { x * sigmoid(x) }
+    /// `log(1 + eˣ)` written as `logaddexp(x, 0)`, stable for large |x|.
+    @inline(__always) public static func softplus(_ x: Float) -> Float {
+        max(x, 0) + Foundation.log1p(Foundation.exp(-abs(x)))
+    }
+}
+
+extension Tensor {
+    public func map(_ f: (Float) -> Float) -> Tensor {
+        Tensor(shape: shape, data: data.map(f))
+    }
+
+    public static func + (a: Tensor, b: Tensor) -> Tensor {
+        precondition(a.shape == b.shape, "[+] \(a.shape) vs \(b.shape)")
+        var out = a.data
+        for i in out.indices { out[i] += b.data[i] }
+        return Tensor(shape: a.shape, data: out)
+    }
+
+    /// Elementwise product of two tensors of the same shape.
+    public static func * (a: Tensor, b: Tensor) -> Tensor {
+        precondition(a.shape == b.shape, "[*] \(a.shape) vs \(b.shape)")
+        var out = a.data
+        for i in out.indices { out[i] *= b.data[i] }
+        return Tensor(shape: a.shape, data: out)
+    }
+
+    public static func * (a: Tensor, s: Float) -> Tensor {
+        Tensor(shape: a.shape, data: a.data.map { $0 * s })
+    }
+
+    /// RMSNorm over the last axis as `mx.fast.rms_norm` computes it in float32:
+    /// `(x · rsqrt(mean(x²) + eps)) · w`, normalised first, then times the weight.
+    public func rmsNorm(weight: Tensor?, eps: Float) -> Tensor {
+        let d = lastDim
+        if let weight { precondition(weight.shape == [d], "[rmsNorm] weight \(weight.shape) for \(shape)") }
+        var out = data
+        let w = weight?.data
+        for r in 0..<rows {
+            let base = r * d
+            var sum: Float = 0
+            for j in 0..<d { sum += data[base + j] * data[base + j] }
+            let inv = 1 / (sum / Float(d) + eps).squareRoot()
+            if let w {
+                for j in 0..<d { out[base + j] = (data[base + j] * inv) * w[j] }
+            } else {
+                for j in 0..<d { out[base + j] = data[base + j] * inv }
+            }
+        }
+        return Tensor(shape: shape, data: out)
+    }
+
+    /// Softmax over the last axis (the max is subtracted first).
+    public func softmax() -> Tensor {
+        let d = lastDim
+        var out = data
+        for r in 0..<rows {
+            let base = r * d
+            var m = -Float.infinity
+            for j in 0..<d { m = max(m, data[base + j]) }
+            var sum: Float = 0
+            for j in 0..<d {
+                let e = Foundation.exp(data[base + j] - m)
+                out[base + j] = e
+                sum += e
+            }
+            for j in 0..<d { out[base + j] /= sum }
+        }
+        return Tensor(shape: shape, data: out)
+    }
+}
