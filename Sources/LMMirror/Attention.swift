@@ -1,0 +1,134 @@
+import Foundation
+import ParityCore
+import ParityTensor
+
+// mirrors mlx_lm/models/qwen3_next.py Qwen3NextAttention (gated full attention), text path.
+// Shapes: B batch, L tokens in this call, T cached tokens, D hidden, H/Hkv heads, hd head dim.
+
+/// Which keys a query may see, as mlx-lm builds it for the full-attention layers.
+enum AttentionMask {
+    /// Every key (a single-token call on a plain cache).
+    case none
+    /// Query `i` sees key `j` iff `j ≤ i + (T − L)`.
+    case causal
+    /// `[B, L, T]`, from a left-padded batch cache.
+    case explicit([Bool])
+}
+
+struct Attention {
+    let qProj: LinearWeight, kProj: LinearWeight, vProj: LinearWeight, oProj: LinearWeight
+    let qBias: Tensor?, kBias: Tensor?, vBias: Tensor?, oBias: Tensor?
+    let qNorm: Tensor, kNorm: Tensor
+    let heads: Int, kvHeads: Int, headDim: Int, eps: Float
+    let rope: Rope
+
+    init(weights w: Weights, layer i: Int, config c: TextConfig) {
+        let name = { WeightNames.layer(i, "self_attn." + $0) }
+        qProj = LinearWeight(w[name("q_proj.weight")]); kProj = LinearWeight(w[name("k_proj.weight")])
+        vProj = LinearWeight(w[name("v_proj.weight")]); oProj = LinearWeight(w[name("o_proj.weight")])
+        qBias = c.attentionBias ? w[name("q_proj.bias")] : nil
+        kBias = c.attentionBias ? w[name("k_proj.bias")] : nil
+        vBias = c.attentionBias ? w[name("v_proj.bias")] : nil
+        oBias = c.attentionBias ? w[name("o_proj.bias")] : nil
+        qNorm = w[name("q_norm.weight")]; kNorm = w[name("k_norm.weight")]
+        heads = c.numAttentionHeads; kvHeads = c.numKeyValueHeads; headDim = c.headDim; eps = c.eps
+        rope = Rope(dims: c.rotaryDims, base: c.ropeTheta)
+    }
+
+    /// `x` `[B, L, D]` (already input-normed) → `[B, L, D]`.
+    func callAsFunction(_ x: Tensor, mask: AttentionMask, cache: inout AttentionCache?,
+                        trace: SubStepTrace) -> Tensor {
+        let (B, L) = (x.shape[0], x.shape[1])
+        let hd = headDim
+        // q_proj packs [query(hd) ‖ gate(hd)] per head.
+        let packed = x.linear(qProj, bias: qBias).reshaped([B, L, heads, 2 * hd])
+        trace("q_proj", packed)
+        let queries = packed.slice(axis: 3, start: 0, length: hd)
+        let gate = packed.slice(axis: 3, start: hd, length: hd).reshaped([B, L, heads * hd])
+        trace("gate", gate)
+        let keys = x.linear(kProj, bias: kBias).reshaped([B, L, kvHeads, hd])
+        let values = x.linear(vProj, bias: vBias).reshaped([B, L, kvHeads, hd])
+        var q = queries.rmsNorm(weight: qNorm, eps: eps).permuted([0, 2, 1, 3])   // [B, H, L, hd]
+        var k = keys.rmsNorm(weight: kNorm, eps: eps).permuted([0, 2, 1, 3])      // [B, Hkv, L, hd]
+        let v = values.permuted([0, 2, 1, 3])
+        trace("q_normed", q); trace("k_normed", k); trace("v", v)
+
+        let offsets = cache?.offsets(batch: B) ?? [Int](repeating: 0, count: B)
+        rope.apply(&q, offsets: offsets)
+        rope.apply(&k, offsets: offsets)
+        trace("q_rope", q); trace("k_rope", k)
+
+        var allKeys = k, allValues = v
+        if var c = cache {
+            allKeys = c.keys.map { Tensor.concatenate([$0, k], axis: 2) } ?? k
+            allValues = c.values.map { Tensor.concatenate([$0, v], axis: 2) } ?? v
+            c.keys = allKeys; c.values = allValues; c.length += L
+            cache = c
+        }
+        let attended = scaledDotProductAttention(q, allKeys, allValues, mask: mask)   // [B, H, L, hd]
+        trace("sdpa", attended)
+        var gated = attended.permuted([0, 2, 1, 3]).reshaped([B, L, heads * hd])
+        for i in gated.data.indices { gated.data[i] *= Activation.sigmoid(gate.data[i]) }
+        trace("gated", gated)
+        let out = gated.linear(oProj, bias: oBias)
+        trace("o_proj", out)
+        return out
+    }
+
+    /// The op-level SDPA of mlx on CPU: `q·scale`, `S = q Kᵀ`, mask, float32 softmax, `P V`.
+    /// Query head `h` reads KV head `h / (H / Hkv)`.
+    private func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, mask: AttentionMask) -> Tensor {
+        let (B, L, hd) = (q.shape[0], q.shape[2], headDim)
+        let T = k.shape[2]
+        let group = heads / kvHeads
+        let scale = Float(1 / Double(hd).squareRoot())
+        var out = [Float](repeating: 0, count: q.count)
+        var scores = [Float](repeating: 0, count: L * T)
+        var scaledQ = [Float](repeating: 0, count: L * hd)
+        for b in 0..<B {
+            for h in 0..<heads {
+                let kvh = h / group
+                let qBase = (b * heads + h) * L * hd
+                let kBase = (b * kvHeads + kvh) * T * hd
+                for i in 0..<(L * hd) { scaledQ[i] = q.data[qBase + i] * scale }
+                scaledQ.withUnsafeBufferPointer { qp in
+                    k.data.withUnsafeBufferPointer { kp in
+                        scores.withUnsafeMutableBufferPointer { sp in
+                            MatrixProduct.timesTransposed(qp.baseAddress!, kp.baseAddress! + kBase,
+                                                          into: sp.baseAddress!, m: L, n: T, k: hd)
+                        }
+                    }
+                }
+                for i in 0..<L {
+                    let row = i * T
+                    for j in 0..<T where !sees(mask, b: b, i: i, j: j, L: L, T: T) {
+                        scores[row + j] = -Float.greatestFiniteMagnitude
+                    }
+                    var m = -Float.infinity
+                    for j in 0..<T { m = max(m, scores[row + j]) }
+                    var sum: Float = 0
+                    for j in 0..<T { scores[row + j] = Foundation.exp(scores[row + j] - m); sum += scores[row + j] }
+                    for j in 0..<T { scores[row + j] /= sum }
+                }
+                scores.withUnsafeBufferPointer { sp in
+                    v.data.withUnsafeBufferPointer { vp in
+                        out.withUnsafeMutableBufferPointer { op in
+                            MatrixProduct.times(sp.baseAddress!, vp.baseAddress! + kBase,
+                                                into: op.baseAddress! + qBase, m: L, n: hd, k: T)
+                        }
+                    }
+                }
+            }
+        }
+        return Tensor(shape: q.shape, data: out)
+    }
+
+    @inline(__always)
+    private func sees(_ mask: AttentionMask, b: Int, i: Int, j: Int, L: Int, T: Int) -> Bool {
+        switch mask {
+        case .none: return true
+        case .causal: return j <= i + (T - L)
+        case .explicit(let m): return m[(b * L + i) * T + j]
+        }
+    }
+}

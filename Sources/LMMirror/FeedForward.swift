@@ -1,0 +1,99 @@
+import ParityCore
+import ParityTensor
+
+// mirrors mlx_lm/models/qwen3_next.py Qwen3NextMLP and Qwen3NextSparseMoeBlock.
+// Shapes: N tokens (B·L flattened), D hidden, I intermediate, E experts, k experts per token.
+
+/// SwiGLU: `down(silu(gate(x)) ⊙ up(x))`.
+struct MLP {
+    let gateProj: LinearWeight, upProj: LinearWeight, downProj: LinearWeight
+
+    init(weights w: Weights, prefix: String) {
+        gateProj = LinearWeight(w[prefix + "gate_proj.weight"])
+        upProj = LinearWeight(w[prefix + "up_proj.weight"])
+        downProj = LinearWeight(w[prefix + "down_proj.weight"])
+    }
+
+    init(gate: Tensor, up: Tensor, down: Tensor) {
+        gateProj = LinearWeight(gate); upProj = LinearWeight(up); downProj = LinearWeight(down)
+    }
+
+    func callAsFunction(_ x: Tensor) -> Tensor {
+        var hidden = x.linear(gateProj)
+        let up = x.linear(upProj)
+        for i in hidden.data.indices { hidden.data[i] = Activation.silu(hidden.data[i]) * up.data[i] }
+        return hidden.linear(downProj)
+    }
+}
+
+/// Router softmax, top-k experts, optional renormalisation, plus a sigmoid-gated shared expert.
+struct SparseMoE {
+    let router: LinearWeight           // [E, D]
+    let experts: [MLP]
+    let sharedExpert: MLP
+    let sharedExpertGate: LinearWeight // [1, D]
+    let topK: Int
+    let normalizeTopK: Bool
+
+    init(weights w: Weights, layer i: Int, config c: TextConfig) {
+        let p = WeightNames.layer(i, "mlp.")
+        router = LinearWeight(w[p + "gate.weight"])
+        let gates = w[p + "switch_mlp.gate_proj.weight"], ups = w[p + "switch_mlp.up_proj.weight"]
+        let downs = w[p + "switch_mlp.down_proj.weight"]
+        let (Im, D) = (c.moeIntermediateSize, c.hiddenSize)
+        experts = (0..<c.numExperts).map { e in
+            MLP(gate: gates.slice(axis: 0, start: e, length: 1).reshaped([Im, D]),
+                up: ups.slice(axis: 0, start: e, length: 1).reshaped([Im, D]),
+                down: downs.slice(axis: 0, start: e, length: 1).reshaped([D, Im]))
+        }
+        sharedExpert = MLP(weights: w, prefix: p + "shared_expert.")
+        sharedExpertGate = LinearWeight(w[p + "shared_expert_gate.weight"])
+        topK = c.numExpertsPerTok
+        normalizeTopK = c.normTopkProb
+    }
+
+    func callAsFunction(_ x: Tensor) -> Tensor {
+        let D = x.lastDim, N = x.rows
+        let probabilities = x.linear(router).softmax()                 // [.., E]
+        let E = probabilities.lastDim
+        let shared = sharedExpert(x)
+        let sharedGate = x.linear(sharedExpertGate)                   // [.., 1]
+        var out = [Float](repeating: 0, count: N * D)
+        for n in 0..<N {
+            let p = Array(probabilities.data[(n * E)..<((n + 1) * E)])
+            let chosen = topKIndices(p, k: topK)
+            var scores = chosen.map { p[$0] }
+            if normalizeTopK {
+                var total: Float = 0
+                for s in scores { total += s }
+                scores = scores.map { $0 / total }
+            }
+            let token = Tensor(shape: [1, D], data: Array(x.data[(n * D)..<((n + 1) * D)]))
+            var mixed = [Float](repeating: 0, count: D)
+            for (j, e) in chosen.enumerated() {
+                let y = experts[e](token)
+                for d in 0..<D { mixed[d] += y.data[d] * scores[j] }
+            }
+            let gate = Activation.sigmoid(sharedGate.data[n])
+            for d in 0..<D { out[n * D + d] = mixed[d] + gate * shared.data[n * D + d] }
+        }
+        return Tensor(shape: x.shape, data: out)
+    }
+
+    /// The `k` largest probabilities; ties go to the lower index.
+    private func topKIndices(_ p: [Float], k: Int) -> [Int] {
+        Array(p.indices.sorted { p[$0] != p[$1] ? p[$0] > p[$1] : $0 < $1 }.prefix(k))
+    }
+}
+
+enum FeedForward {
+    case dense(MLP)
+    case moe(SparseMoE)
+
+    func callAsFunction(_ x: Tensor) -> Tensor {
+        switch self {
+        case .dense(let mlp): return mlp(x)
+        case .moe(let moe): return moe(x)
+        }
+    }
+}

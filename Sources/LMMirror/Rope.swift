@@ -1,0 +1,41 @@
+import Foundation
+import ParityTensor
+
+// mirrors mx.fast.rope (CPU, traditional = false) as mlx-lm's nn.RoPE calls it.
+
+/// Half-split rotary embedding over the first `r` dims of each head: pairs `(i, i + r/2)`.
+struct Rope {
+    let dims: Int          // r
+    let inverseFrequencies: [Float]
+
+    init(dims: Int, base: Double) {
+        self.dims = dims
+        let half = dims / 2
+        // mlx computes exp(−i · ln(base)/(r/2)) in float32.
+        let step = Float(Foundation.log(base) / Double(half))
+        inverseFrequencies = (0..<half).map { Foundation.exp(-Float($0) * step) }
+    }
+
+    /// Rotates `x` `[B, heads, L, hd]` in place; token `t` of row `b` sits at `offsets[b] + t`.
+    func apply(_ x: inout Tensor, offsets: [Int]) {
+        let (B, heads, L, hd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let half = dims / 2
+        x.data.withUnsafeMutableBufferPointer { p in
+            for b in 0..<B {
+                for t in 0..<L {
+                    let position = Float(offsets[b] + t)
+                    for i in 0..<half {
+                        let theta = position * inverseFrequencies[i]
+                        let c = Foundation.cos(theta), s = Foundation.sin(theta)
+                        for h in 0..<heads {
+                            let base = ((b * heads + h) * L + t) * hd
+                            let x1 = p[base + i], x2 = p[base + i + half]
+                            p[base + i] = x1 * c - x2 * s
+                            p[base + i + half] = x1 * s + x2 * c
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
