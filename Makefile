@@ -1,0 +1,52 @@
+# qwen-parity: logits parity between Swift mirrors of mlx-lm / mlx-vlm and golden tensors.
+SHELL := /bin/bash
+SWIFT ?= swift
+GOLDEN ?= $(wildcard golden/*.h5)
+CONFIGS := $(wildcard tools/configs/*.json)
+VENV := tools/.venv
+PYTHON := $(VENV)/bin/python
+APT_PACKAGES := libopenblas-dev libhdf5-dev pkg-config
+
+.PHONY: deps test parity golden venv build clean
+
+## deps: install the system libraries (OpenBLAS, HDF5, pkg-config) with apt-get when missing
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+## test: unit tests (debug build)
+test: deps
+	$(SWIFT) test
+
+build: deps
+	$(SWIFT) build -c release --product qwen-parity
+
+## parity: release build, then every golden (or GOLDEN=FILE) through the Swift mirrors
+parity: build
+	@test -n "$(GOLDEN)" || { echo "no golden files: run 'make golden' or pass GOLDEN=FILE"; exit 1; }
+	$$($(SWIFT) build -c release --show-bin-path)/qwen-parity check $(GOLDEN)
+
+## golden: regenerate golden/*.h5 from the pinned reference packages (or CONFIG=FILE OUT=FILE)
+golden: venv
+ifdef CONFIG
+	$(PYTHON) tools/make_golden.py --config $(CONFIG) --out $(or $(OUT),golden/$(basename $(notdir $(CONFIG))).h5)
+else
+	@for c in $(CONFIGS); do \
+	  out=golden/$$(basename $$c .json).h5; echo "== $$c -> $$out"; \
+	  $(PYTHON) tools/make_golden.py --config $$c --out $$out || exit 1; \
+	done
+endif
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: tools/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r tools/requirements.txt
+	touch $@
+
+clean:
+	rm -rf .build reports

@@ -1,0 +1,153 @@
+import Foundation
+import GoldenIO
+import ParityCore
+import ParityTensor
+
+// Reads a golden file written by tools/make_golden.py (layout: docs/golden-format.md).
+
+public enum GoldenError: Error, CustomStringConvertible {
+    case unknownFormat(file: String, version: Int, supported: Int)
+    case invalid(file: String, path: String, reason: String)
+    case configDisagrees(file: String, differences: [String])
+
+    public var description: String {
+        switch self {
+        case let .unknownFormat(file, version, supported):
+            return "\(file): golden format_version \(version) is not known to this harness (it reads \(supported)); update qwen-parity or regenerate"
+        case let .invalid(file, path, reason): return "\(file): \(path): \(reason)"
+        case let .configDisagrees(file, differences):
+            return "\(file): the config as Swift resolves it differs from what mlx-lm ran: " + differences.joined(separator: "; ")
+        }
+    }
+}
+
+/// One scenario of a golden: how it was run and what each reference produced.
+public struct GoldenScenario: Sendable {
+    public enum Kind: String, Sendable { case single, batch }
+    public var name: String
+    public var kind: Kind
+    public var description: String
+    /// Token count of every call, in order.
+    public var calls: [Int]
+    public var cached: Bool
+    /// Reference paths stored for this scenario (e.g. "mlx_lm").
+    public var paths: [String]
+}
+
+public final class GoldenFile {
+    public static let supportedFormatVersion = 1
+    public let path: String
+    public let file: H5File
+    public let config: TextConfig
+    public let rawConfigJSON: String
+
+    public init(path: String) throws {
+        self.path = path
+        file = try H5File.open(path)
+        let version = try file.intAttribute("format_version", of: "/")
+        guard version == Self.supportedFormatVersion else {
+            throw GoldenError.unknownFormat(file: path, version: version, supported: Self.supportedFormatVersion)
+        }
+        rawConfigJSON = try file.stringAttribute("raw_json", of: "/config")
+        config = try TextConfig.mlxLM(json: Data(rawConfigJSON.utf8), source: "\(path): /config raw_json")
+        try checkEffectiveConfig()
+    }
+
+    public var name: String { URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent }
+
+    /// The library recorded what it actually ran; Swift's resolution must agree field by field.
+    private func checkEffectiveConfig() throws {
+        let effective = try file.stringAttribute("effective_json", of: "/config")
+        guard let object = try? JSONSerialization.jsonObject(with: Data(effective.utf8)) as? [String: Any] else {
+            throw GoldenError.invalid(file: path, path: "/config effective_json", reason: "not a JSON object")
+        }
+        let ours: [String: Double] = [
+            "hidden_size": Double(config.hiddenSize), "num_hidden_layers": Double(config.numHiddenLayers),
+            "num_attention_heads": Double(config.numAttentionHeads), "num_key_value_heads": Double(config.numKeyValueHeads),
+            "head_dim": Double(config.headDim), "vocab_size": Double(config.vocabSize),
+            "rms_norm_eps": config.rmsNormEps, "rope_theta": config.ropeTheta,
+            "partial_rotary_factor": config.partialRotaryFactor, "rotary_dims": Double(config.rotaryDims),
+            "linear_num_key_heads": Double(config.linearNumKeyHeads), "linear_num_value_heads": Double(config.linearNumValueHeads),
+            "linear_key_head_dim": Double(config.linearKeyHeadDim), "linear_value_head_dim": Double(config.linearValueHeadDim),
+            "linear_conv_kernel_dim": Double(config.linearConvKernelDim),
+            "full_attention_interval": Double(config.fullAttentionInterval),
+            "num_experts": Double(config.numExperts), "num_experts_per_tok": Double(config.numExpertsPerTok),
+        ]
+        var differences: [String] = []
+        for (key, value) in ours.sorted(by: { $0.key < $1.key }) {
+            guard let theirs = (object[key] as? NSNumber)?.doubleValue else {
+                differences.append("\(key) missing from effective_json"); continue
+            }
+            if theirs != value { differences.append("\(key): Swift \(value), mlx-lm \(theirs)") }
+        }
+        for key in ["tie_word_embeddings", "norm_topk_prob"] {
+            let theirs = (object[key] as? NSNumber)?.boolValue
+            let mine = key == "tie_word_embeddings" ? config.tieWordEmbeddings : config.normTopkProb
+            if theirs != mine { differences.append("\(key): Swift \(mine), mlx-lm \(theirs.map(String.init) ?? "missing")") }
+        }
+        if let kinds = object["layer_types"] as? [String], kinds != config.layerKinds.map(\.rawValue) {
+            differences.append("layer_types: Swift \(config.layerKinds.map(\.rawValue)), mlx-lm \(kinds)")
+        }
+        guard differences.isEmpty else { throw GoldenError.configDisagrees(file: path, differences: differences) }
+    }
+
+    public func weights() throws -> Weights {
+        var tensors: [String: Tensor] = [:]
+        for name in try file.children(of: "/weights") {
+            tensors[name] = try tensor("/weights/" + name)
+        }
+        return try Weights(tensors, config: config, source: path)
+    }
+
+    /// A float32 dataset as a tensor; NaN or Inf is an error, never a value to compare.
+    public func tensor(_ dataset: String) throws -> Tensor {
+        let array = try file.readFloats(dataset)
+        if let bad = array.values.firstIndex(where: { !$0.isFinite }) {
+            throw GoldenError.invalid(file: path, path: dataset, reason: "holds a NaN or Inf at flat index \(bad)")
+        }
+        return Tensor(shape: array.shape, data: array.values)
+    }
+
+    public func ints(_ dataset: String, expectingRank rank: Int) throws -> H5Array<Int32> {
+        let array = try file.readInt32s(dataset)
+        guard array.shape.count == rank else {
+            throw GoldenError.invalid(file: path, path: dataset, reason: "expected rank \(rank), found shape \(array.shape)")
+        }
+        return array
+    }
+
+    /// The prompt `[1, L]` as token rows.
+    public func promptTokens() throws -> [[Int]] {
+        try tokenRows("/inputs/token_ids")
+    }
+
+    public func tokenRows(_ dataset: String) throws -> [[Int]] {
+        let ids = try ints(dataset, expectingRank: 2)
+        let (rows, length) = (ids.shape[0], ids.shape[1])
+        return (0..<rows).map { r in ids.values[(r * length)..<((r + 1) * length)].map { Int($0) } }
+    }
+
+    public func scenarios() throws -> [GoldenScenario] {
+        try file.children(of: "/scenarios").map(scenario)
+    }
+
+    public func scenario(_ name: String) throws -> GoldenScenario {
+        let group = "/scenarios/" + name
+        guard file.exists(group) else {
+            throw GoldenError.invalid(file: path, path: group, reason: "no such scenario")
+        }
+        let kindText = try file.stringAttribute("kind", of: group)
+        guard let kind = GoldenScenario.Kind(rawValue: kindText) else {
+            throw GoldenError.invalid(file: path, path: group, reason: "unknown kind '\(kindText)'")
+        }
+        let callsText = try file.stringAttribute("calls_json", of: group)
+        guard let calls = try? JSONDecoder().decode([Int].self, from: Data(callsText.utf8)),
+              !calls.isEmpty, calls.allSatisfy({ $0 > 0 }) else {
+            throw GoldenError.invalid(file: path, path: group + " calls_json", reason: "expected a list of positive token counts, found '\(callsText)'")
+        }
+        let description = (try? file.stringAttribute("description", of: group)) ?? ""
+        let cached = try file.intAttribute("cached", of: group) != 0
+        let paths = try file.children(of: group).filter { file.isGroup(group + "/" + $0) }
+        return GoldenScenario(name: name, kind: kind, description: description, calls: calls, cached: cached, paths: paths)
+    }
+}

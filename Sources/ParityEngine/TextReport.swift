@@ -1,0 +1,58 @@
+import Foundation
+
+// Renders parity results for people: one table per scenario, a summary, and for every failure
+// the command that reproduces it.
+
+public enum TextReport {
+    public static func format(_ value: Float) -> String {
+        if value == 0 { return "0" }
+        if !value.isFinite { return "\(value)" }
+        return String(format: "%.2e", Double(value))
+    }
+
+    public static func render(_ report: ScenarioReport) -> String {
+        var lines: [String] = []
+        let calls = report.scenario.calls.count > 8
+            ? "\(report.scenario.calls.count) calls"
+            : "calls \(report.scenario.calls)"
+        lines.append("\(report.file) · \(report.scenario.name) · \(report.reference) vs \(report.implementation) (\(calls))")
+        if let error = report.error {
+            lines.append("  ERROR  \(error)")
+            lines.append("  reproduce: \(report.reproduce)")
+            return lines.joined(separator: "\n")
+        }
+        let width = max(24, report.rows.map(\.item.count).max() ?? 0)
+        lines.append("  " + "item".padding(toLength: width, withPad: " ", startingAt: 0)
+                     + "max abs".leftPadded(10) + "mean abs".leftPadded(10) + "rel".leftPadded(10) + "  verdict")
+        for row in report.rows {
+            let d = row.difference
+            var line = "  " + row.item.padding(toLength: width, withPad: " ", startingAt: 0)
+            line += (d.map { format($0.maxAbs) } ?? "-").leftPadded(10)
+            line += (d.map { format($0.meanAbs) } ?? "-").leftPadded(10)
+            line += (d.map { format($0.relative) } ?? "-").leftPadded(10)
+            line += "  " + row.verdict.rawValue
+            if row.verdict == .fail { line += " (tolerance \(format(row.tolerance)))" }
+            if !row.note.isEmpty { line += "  " + row.note }
+            lines.append(line)
+        }
+        if let first = report.firstDivergence {
+            lines.append("  first divergence: \(first.item)")
+            lines.append("  reproduce: \(report.reproduce)")
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    public static func summary(_ reports: [ScenarioReport]) -> String {
+        let passed = reports.filter(\.passed).count
+        let notRun = reports.filter { $0.rows.contains { $0.verdict == .notRun } }.count
+        var text = "\(passed) passed, \(reports.count - passed) failed"
+        if notRun > 0 { text += " (\(notRun) not run, counted as failed)" }
+        return text
+    }
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String {
+        count >= width ? " " + self : String(repeating: " ", count: width - count) + self
+    }
+}

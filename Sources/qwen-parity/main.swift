@@ -1,0 +1,3 @@
+import ParityCLI
+
+QwenParity.main()
