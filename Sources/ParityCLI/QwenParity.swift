@@ -33,9 +33,8 @@ public struct Check: ParsableCommand {
                 let fileReports = try GoldenParity.check(golden, scenarios: scenario.isEmpty ? nil : Set(scenario))
                 for report in fileReports { print(TextReport.render(report)); print("") }
                 reports += fileReports
-                fflush(stdout)
-                FileHandle.standardError.write(Data(String(format: "%@: %d scenario runs in %.1f s\n",
-                                                            path, fileReports.count, Date().timeIntervalSince(started)).utf8))
+                print(String(format: "%@: %d scenario runs in %.1f s\n", path, fileReports.count,
+                             Date().timeIntervalSince(started)))
             } catch {
                 fileErrors += 1
                 print("ERROR \(error)")
