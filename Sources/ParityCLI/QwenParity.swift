@@ -13,24 +13,78 @@ public struct QwenParity: ParsableCommand {
 /// Runs the mirrors on golden files and compares every traced layer and the logits.
 public struct Check: ParsableCommand {
     public static let configuration = CommandConfiguration(
-        abstract: "Run each golden's scenarios through the Swift mirrors and compare them layer by layer.")
+        abstract: "Run each golden's scenarios through the Swift mirrors and compare them layer by layer.",
+        discussion: """
+            Before anything is compared, each golden's provenance is checked: the sha256 of the \
+            generator that wrote it against tools/make_golden.py, the reference versions against \
+            the pins in tools/requirements.txt (both found by walking up from the golden, or given \
+            with --generator / --requirements) and, for goldens made from an MLX model directory, \
+            the sha256 of the directory's files. A golden that fails any of these is STALE: its \
+            scenarios are not run, what changed is listed, and the exit status is 3 (unless \
+            something also failed, which gives 1). Regenerate it with 'make golden'.
+
+            MLX model directories (config.json + model*.safetensors as mlx-lm saves them, bf16 or \
+            affine-quantized): '--model DIR' alone checks the golden DIR/parity.h5 written by \
+            'make_golden.py --make-checkpoint'; with golden files given, '--model DIR' replaces \
+            the directory recorded in those goldens (e.g. one made with 'make_golden.py \
+            --from-model DIR --out FILE').
+
+            Exit status: 0 all passed, 1 a comparison failed or a file could not be read, \
+            3 no failure but a golden is stale.
+            """)
 
     @Argument(help: "Golden files (.h5) written by tools/make_golden.py.")
-    var files: [String]
+    var files: [String] = []
 
     @Option(name: .long, help: "Only this scenario (repeatable).")
     var scenario: [String] = []
 
+    @Option(name: .long, help: "An MLX model directory (repeatable; see the discussion).")
+    var model: [String] = []
+
+    @Option(name: .long, help: "The generator whose sha256 goldens must carry (default: tools/make_golden.py above the golden).")
+    var generator: String?
+
+    @Option(name: .long, help: "The requirements file with the reference pins (default: tools/requirements.txt above the golden).")
+    var requirements: String?
+
+    @Flag(name: .long, help: "Compare stale goldens anyway (still reported stale, still exit 3).")
+    var ignoreStale = false
+
     public init() {}
 
+    public func validate() throws {
+        if files.isEmpty && model.isEmpty { throw ValidationError("give golden files, or --model DIR") }
+        if !files.isEmpty && model.count > 1 {
+            throw ValidationError("with golden files, --model replaces their model directory: give it once")
+        }
+    }
+
     public func run() throws {
+        let override = files.isEmpty ? nil : model.first
+        let targets: [(golden: String, modelDirectory: String?)] = files.isEmpty
+            ? model.map { (URL(fileURLWithPath: $0).appendingPathComponent("parity.h5").path, $0) }
+            : files.map { ($0, override) }
         var reports: [ScenarioReport] = []
         var fileErrors = 0
-        for path in files {
+        var staleFiles = 0
+        for (path, modelDirectory) in targets {
             do {
                 let golden = try GoldenFile(path: path)
+                let sources = FreshnessSources.locate(for: path, explicit: .init(generator: generator, requirements: requirements))
+                let freshness = Freshness.check(golden.provenance, sources: sources,
+                                                modelDirectory: golden.modelDirectory(override: modelDirectory))
+                for note in freshness.unverified { print("note: \(path): \(note)") }
+                if freshness.isStale {
+                    staleFiles += 1
+                    print("STALE \(path): the golden no longer matches what the repository would generate:")
+                    for change in freshness.changes { print("  - \(change)") }
+                    print("  regenerate: make golden (then review and commit), or compare anyway with --ignore-stale\n")
+                    if !ignoreStale { continue }
+                }
                 let started = Date()
-                let fileReports = try GoldenParity.check(golden, scenarios: scenario.isEmpty ? nil : Set(scenario))
+                let fileReports = try GoldenParity.check(golden, scenarios: scenario.isEmpty ? nil : Set(scenario),
+                                                         modelDirectory: modelDirectory)
                 for report in fileReports { print(TextReport.render(report)); print("") }
                 reports += fileReports
                 print(String(format: "%@: %d scenario runs in %.1f s\n", path, fileReports.count,
@@ -41,6 +95,9 @@ public struct Check: ParsableCommand {
             }
         }
         print(TextReport.summary(reports) + (fileErrors > 0 ? ", \(fileErrors) file(s) unreadable" : ""))
-        if fileErrors > 0 || !reports.allSatisfy(\.passed) || reports.isEmpty { throw ExitCode.failure }
+        if staleFiles > 0 { print("\(staleFiles) golden file(s) STALE (not a pass)") }
+        let failed = fileErrors > 0 || !reports.allSatisfy(\.passed) || (reports.isEmpty && staleFiles == 0)
+        if failed { throw ExitCode.failure }
+        if staleFiles > 0 { throw ExitCode(3) }
     }
 }
