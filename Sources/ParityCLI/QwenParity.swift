@@ -24,16 +24,16 @@ public struct Check: ParsableCommand {
             something also failed, which gives 1). Regenerate it with 'make golden'.
 
             MLX model directories (config.json + model*.safetensors as mlx-lm saves them, bf16 or \
-            affine-quantized): '--model DIR' alone checks the golden DIR/parity.h5 written by \
-            'make_golden.py --make-checkpoint'; with golden files given, '--model DIR' replaces \
-            the directory recorded in those goldens (e.g. one made with 'make_golden.py \
-            --from-model DIR --out FILE').
+            affine-quantized): 'check DIR' or 'check --model DIR' checks the golden DIR/parity.h5 \
+            written by 'make_golden.py --make-checkpoint' with the weights loaded from DIR; with \
+            golden files given, '--model DIR' replaces the directory recorded in those goldens \
+            (e.g. one made with 'make_golden.py --from-model DIR --out FILE').
 
             Exit status: 0 all passed, 1 a comparison failed or a file could not be read, \
             3 no failure but a golden is stale.
             """)
 
-    @Argument(help: "Golden files (.h5) written by tools/make_golden.py.")
+    @Argument(help: "Golden files (.h5) written by tools/make_golden.py, or MLX model directories holding a parity.h5.")
     var files: [String] = []
 
     @Option(name: .long, help: "Only this scenario (repeatable).")
@@ -54,21 +54,35 @@ public struct Check: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        if files.isEmpty && model.isEmpty { throw ValidationError("give golden files, or --model DIR") }
-        if !files.isEmpty && model.count > 1 {
+        if files.isEmpty && model.isEmpty { throw ValidationError("give golden files or model directories, or --model DIR") }
+        if files.contains(where: { !isDirectory($0) }) && model.count > 1 {
             throw ValidationError("with golden files, --model replaces their model directory: give it once")
         }
     }
 
+    private func isDirectory(_ path: String) -> Bool {
+        var directory: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path, isDirectory: &directory) && directory.boolValue
+    }
+
+    /// (golden, model directory) pairs: a directory argument or a lone --model DIR means
+    /// DIR/parity.h5 with DIR's weights; a golden file takes --model as its directory override.
+    private func targets() -> [(golden: String, modelDirectory: String?)] {
+        let goldenFiles = files.filter { !isDirectory($0) }
+        let inDirectory = { (dir: String) in (URL(fileURLWithPath: dir).appendingPathComponent("parity.h5").path, Optional(dir)) }
+        var out: [(String, String?)] = []
+        for path in files {
+            out.append(isDirectory(path) ? inDirectory(path) : (path, goldenFiles.isEmpty ? nil : model.first))
+        }
+        if goldenFiles.isEmpty { out += model.map(inDirectory) }
+        return out
+    }
+
     public func run() throws {
-        let override = files.isEmpty ? nil : model.first
-        let targets: [(golden: String, modelDirectory: String?)] = files.isEmpty
-            ? model.map { (URL(fileURLWithPath: $0).appendingPathComponent("parity.h5").path, $0) }
-            : files.map { ($0, override) }
         var reports: [ScenarioReport] = []
         var fileErrors = 0
         var staleFiles = 0
-        for (path, modelDirectory) in targets {
+        for (path, modelDirectory) in targets() {
             do {
                 let golden = try GoldenFile(path: path)
                 let sources = FreshnessSources.locate(for: path, explicit: .init(generator: generator, requirements: requirements))
