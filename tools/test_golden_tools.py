@@ -128,6 +128,7 @@ class AtomicWrites(unittest.TestCase):
     complete): never a half-written file or directory."""
 
     def _kill_at(self, args, delays, out, old_state, new_state, state):
+        seen = set()
         for delay in delays:
             proc = subprocess.Popen([sys.executable, str(TOOLS / "make_golden.py"), *args],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -136,6 +137,8 @@ class AtomicWrites(unittest.TestCase):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             self.assertIn(state(out), (old_state, new_state), f"killed after {delay}s")
+            seen.add(state(out))
+        return seen
 
     def test_killed_file_generation(self):
         with tempfile.TemporaryDirectory() as tmp:
@@ -155,8 +158,10 @@ class AtomicWrites(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             out, ref = Path(tmp) / "ck", Path(tmp) / "ref"
             generate("--config", str(CONFIG), "--make-checkpoint", "q4", "--out", str(out), *FAST)
+            # The reference for "the new golden, complete": same inputs; variant defaults to the
+            # directory name, so name it like out.
             generate("--config", str(CONFIG), "--make-checkpoint", "q4", "--out", str(ref), *FAST,
-                     "--seed", "9")
+                     "--seed", "9", "--variant", out.name)
             old = {p.name: p.read_bytes() for p in out.iterdir()}
 
             def state(p):
