@@ -25,6 +25,8 @@ let package = Package(
         .target(name: "ParityCore", dependencies: ["ParityTensor", "GoldenIO"]),
         // Mirror of mlx-lm's text path.
         .target(name: "LMMirror", dependencies: ["ParityCore", "ParityTensor"]),
+        // Mirror of mlx-vlm's language model: MRoPE, stateful positions, chunked GatedDeltaNet prefill.
+        .target(name: "VLMMirror", dependencies: ["ParityCore", "ParityTensor"]),
         // Scenarios, invariants, tolerances, reports.
         .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror"]),
         // Command-line commands (the executable only calls into this).
@@ -38,6 +40,7 @@ let package = Package(
         .testTarget(name: "GoldenIOTests", dependencies: ["GoldenIO"]),
         .testTarget(name: "ParityCoreTests", dependencies: ["ParityCore"]),
         .testTarget(name: "LMMirrorTests", dependencies: ["LMMirror", "ParityCore"]),
+        .testTarget(name: "VLMMirrorTests", dependencies: ["VLMMirror", "ParityCore", "ParityTensor"]),
         .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO"]),
     ]
 )
