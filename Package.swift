@@ -28,7 +28,7 @@ let package = Package(
         // Mirror of mlx-vlm's language model: MRoPE, stateful positions, chunked GatedDeltaNet prefill.
         .target(name: "VLMMirror", dependencies: ["ParityCore", "ParityTensor"]),
         // Scenarios, invariants, tolerances, reports.
-        .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror"]),
+        .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror", "VLMMirror"]),
         // Command-line commands (the executable only calls into this).
         .target(name: "ParityCLI", dependencies: [
             "ParityEngine",

@@ -26,21 +26,28 @@ public struct Check: ParsableCommand {
     public func run() throws {
         var reports: [ScenarioReport] = []
         var fileErrors = 0
+        var exactFailures = 0
         for path in files {
             do {
                 let golden = try GoldenFile(path: path)
                 let started = Date()
-                let fileReports = try GoldenParity.check(golden, scenarios: scenario.isEmpty ? nil : Set(scenario))
-                for report in fileReports { print(TextReport.render(report)); print("") }
-                reports += fileReports
-                print(String(format: "%@: %d scenario runs in %.1f s\n", path, fileReports.count,
+                let file = try GoldenParity.checkFile(golden, scenarios: scenario.isEmpty ? nil : Set(scenario))
+                for report in file.scenarios { print(TextReport.render(report)); print("") }
+                for text in [TextReport.renderExact(file.exact, file: golden.name),
+                             TextReport.renderComparisons(file.comparisons, file: golden.name)] where !text.isEmpty {
+                    print(text); print("")
+                }
+                reports += file.scenarios
+                exactFailures += file.exact.filter { $0.verdict != .pass }.count
+                print(String(format: "%@: %d scenario runs in %.1f s\n", path, file.scenarios.count,
                              Date().timeIntervalSince(started)))
             } catch {
                 fileErrors += 1
                 print("ERROR \(error)")
             }
         }
-        print(TextReport.summary(reports) + (fileErrors > 0 ? ", \(fileErrors) file(s) unreadable" : ""))
-        if fileErrors > 0 || !reports.allSatisfy(\.passed) || reports.isEmpty { throw ExitCode.failure }
+        print(TextReport.summary(reports) + (exactFailures > 0 ? ", \(exactFailures) exact position check(s) failed" : "")
+              + (fileErrors > 0 ? ", \(fileErrors) file(s) unreadable" : ""))
+        if fileErrors > 0 || exactFailures > 0 || !reports.allSatisfy(\.passed) || reports.isEmpty { throw ExitCode.failure }
     }
 }

@@ -2,9 +2,11 @@ import Foundation
 import LMMirror
 import ParityCore
 import ParityTensor
+import VLMMirror
 
 // Golden parity: an implementation run on a golden's scenarios, compared tensor by tensor with
-// what the reference library stored.
+// what the reference library stored. Paths of one scenario are also compared with each other
+// (mlx-lm against mlx-vlm, a hazard against its correct twin), in the library and in Swift.
 
 public struct ParityRow: Sendable {
     public enum Verdict: String, Sendable { case pass = "ok", fail = "FAIL", notRun = "NOT RUN" }
@@ -12,7 +14,7 @@ public struct ParityRow: Sendable {
     public var scenario: String
     public var reference: String
     public var implementation: String
-    /// "embeddings", "layer 3", "final norm", "logits", "cache layer 3 keys", ...
+    /// "position ids", "stored state", "embeddings", "layer 3", "final norm", "logits", ...
     public var item: String
     public var difference: Difference?
     public var tolerance: Float
@@ -30,9 +32,40 @@ public struct ScenarioReport: Sendable {
     public var error: String?
 
     public var passed: Bool { error == nil && rows.allSatisfy { $0.verdict == .pass } }
-    /// The first hidden-state row past the tolerance: where the two paths part.
+    /// The first row past its tolerance: where the two paths part (positions come first).
     public var firstDivergence: ParityRow? { rows.first { $0.verdict != .pass } }
     public var reproduce: String { "qwen-parity check \(path) --scenario \(scenario.name)" }
+}
+
+/// One scenario's paths against each other: the library's distance beside Swift's.
+public struct PathComparison: Sendable {
+    public enum Kind: String, Sendable {
+        /// mlx_lm against mlx_vlm on a text schedule.
+        case lmVersusVLM = "mlx_lm ↔ mlx_vlm"
+        /// A hazard (mlx_vlm) against the same calls made correctly (mlx_vlm_correct).
+        case hazard = "hazard ↔ correct"
+    }
+    public struct Row: Sendable {
+        public var item: String
+        public var library: Float
+        public var swift: Float
+    }
+    public var file: String
+    public var scenario: String
+    public var kind: Kind
+    public var rows: [Row]
+    public var explanation: String
+    /// The logits row (the headline number).
+    public var logits: Row? { rows.first { $0.item == "logits" } }
+}
+
+/// Everything checked in one golden file.
+public struct FileReport: Sendable {
+    public var scenarios: [ScenarioReport] = []
+    public var comparisons: [PathComparison] = []
+    /// get_rope_index cases and the mlx-vlm rotary tables, compared exactly.
+    public var exact: [ParityRow] = []
+    public var passed: Bool { scenarios.allSatisfy(\.passed) && exact.allSatisfy { $0.verdict == .pass } }
 }
 
 public enum GoldenParity {
@@ -41,53 +74,77 @@ public enum GoldenParity {
     public static let tolerance: Float = 2e-5
 
     /// The implementation that mirrors a reference path stored in the goldens.
-    static func implementation(for reference: String, config: TextConfig, weights: Weights) -> (String, QwenLanguageModel)? {
+    static func implementation(for reference: String, golden: GoldenFile, vlm: VLMGoldenConfig?,
+                               weights: Weights) -> (String, QwenLanguageModel)? {
         switch reference {
-        case "mlx_lm": return ("lm mirror", LMTextModel(config: config, weights: weights))
+        case "mlx_lm": return ("lm mirror", LMTextModel(config: golden.config, weights: weights))
+        case "mlx_vlm", "mlx_vlm_correct":
+            guard let vlm else { return nil }
+            return ("vlm mirror", VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: weights))
         default: return nil
         }
     }
 
     public static func check(_ golden: GoldenFile, scenarios only: Set<String>? = nil) throws -> [ScenarioReport] {
+        try checkFile(golden, scenarios: only).scenarios
+    }
+
+    public static func checkFile(_ golden: GoldenFile, scenarios only: Set<String>? = nil) throws -> FileReport {
         let weights = try golden.weights()
-        var reports: [ScenarioReport] = []
+        let vlm = try golden.vlmConfig()
+        var report = FileReport()
+        if let vlm { report.exact = try checkRopeTables(golden, vlm) }
         for scenario in try golden.scenarios() where only?.contains(scenario.name) ?? true {
+            var results: [String: (ScheduleInput, ScheduleResult)] = [:]
             for reference in scenario.paths {
-                reports.append(checkScenario(golden, scenario, reference: reference, weights: weights))
+                let (scenarioReport, run) = checkScenario(golden, scenario, reference: reference, vlm: vlm, weights: weights)
+                report.scenarios.append(scenarioReport)
+                if let run { results[reference] = run }
             }
+            report.comparisons += try comparePaths(golden, scenario, results)
         }
         if let only {
-            let known = Set(reports.map(\.scenario.name))
+            let known = Set(report.scenarios.map(\.scenario.name))
             for missing in only.subtracting(known).sorted() {
                 throw GoldenError.invalid(file: golden.path, path: "/scenarios/" + missing, reason: "no such scenario")
             }
         }
-        return reports
-    }
-
-    static func checkScenario(_ golden: GoldenFile, _ scenario: GoldenScenario, reference: String,
-                              weights: Weights) -> ScenarioReport {
-        var report = ScenarioReport(file: golden.name, path: golden.path, scenario: scenario, reference: reference,
-                                    implementation: "-", rows: [])
-        guard let (implName, model) = implementation(for: reference, config: golden.config, weights: weights) else {
-            report.rows = [ParityRow(file: golden.name, scenario: scenario.name, reference: reference, implementation: "-",
-                                     item: "all", difference: nil, tolerance: tolerance, verdict: .notRun,
-                                     note: "no Swift implementation mirrors '\(reference)' yet")]
-            return report
-        }
-        report.implementation = implName
-        do {
-            let input = try scheduleInput(golden, scenario)
-            let result = try ScheduleRunner.run(model, input)
-            report.rows = try compare(result, golden: golden, scenario: scenario, reference: reference,
-                                      implementation: implName, input: input)
-        } catch {
-            report.error = "\(error)"
-        }
         return report
     }
 
-    public static func scheduleInput(_ golden: GoldenFile, _ scenario: GoldenScenario) throws -> ScheduleInput {
+    static func checkScenario(_ golden: GoldenFile, _ scenario: GoldenScenario, reference: String,
+                              vlm: VLMGoldenConfig?, weights: Weights) -> (ScenarioReport, (ScheduleInput, ScheduleResult)?) {
+        var report = ScenarioReport(file: golden.name, path: golden.path, scenario: scenario, reference: reference,
+                                    implementation: "-", rows: [])
+        guard let (implName, model) = implementation(for: reference, golden: golden, vlm: vlm, weights: weights) else {
+            report.rows = [ParityRow(file: golden.name, scenario: scenario.name, reference: reference, implementation: "-",
+                                     item: "all", difference: nil, tolerance: tolerance, verdict: .notRun,
+                                     note: "no Swift implementation mirrors '\(reference)' yet")]
+            return (report, nil)
+        }
+        report.implementation = implName
+        do {
+            let input = try scheduleInput(golden, scenario, path: reference)
+            let result = try ScheduleRunner.run(model, input)
+            report.rows = try compare(result, golden: golden, scenario: scenario, reference: reference,
+                                      implementation: implName, input: input)
+            return (report, (input, result))
+        } catch {
+            report.error = "\(error)"
+            return (report, nil)
+        }
+    }
+
+    /// The schedule a path was run with: its own `schedule_json` (mlx-vlm paths), otherwise the
+    /// scenario kind's.
+    public static func scheduleInput(_ golden: GoldenFile, _ scenario: GoldenScenario, path: String = "mlx_lm") throws -> ScheduleInput {
+        if let calls = try golden.schedule(scenario, path: path) {
+            guard calls.map({ $0.call.inputs.first?.count ?? 0 }) == scenario.calls else {
+                throw GoldenError.invalid(file: golden.path, path: "/scenarios/\(scenario.name)/\(path) schedule_json",
+                                          reason: "call lengths differ from calls_json \(scenario.calls)")
+            }
+            return .calls(calls)
+        }
         switch scenario.kind {
         case .single:
             guard let tokens = try golden.promptTokens().first else {
@@ -99,23 +156,27 @@ public enum GoldenParity {
             let padding = try golden.ints("/inputs/batch/left_padding", expectingRank: 1).values.map { Int($0) }
             let decode = try golden.tokenRows("/inputs/batch/decode_tokens")
             return .batch(rows: rows, leftPadding: padding, decodeSteps: decode)
+        case .mrope:
+            throw GoldenError.invalid(file: golden.path, path: "/scenarios/\(scenario.name)/\(path)",
+                                      reason: "an mrope scenario path needs its schedule_json")
         }
     }
 
     static func compare(_ result: ScheduleResult, golden: GoldenFile, scenario: GoldenScenario, reference: String,
                         implementation: String, input: ScheduleInput) throws -> [ParityRow] {
         let base = "/scenarios/\(scenario.name)/\(reference)"
-        var padding: [Int] = []
-        if case .batch(_, let p, _) = input { padding = p }
+        let padding = input.leftPadding
         let isValid: (Int, Int) -> Bool = { b, t in padding.isEmpty || t >= padding[b] }
         var rows: [ParityRow] = []
-        func add(_ item: String, _ actual: Tensor, _ expected: Tensor, filter: ((Int) -> Bool)?) {
-            let d = Difference.measure(actual, expected, include: filter)
-            let pass = d.nonFinite == 0 && d.maxAbs <= tolerance
+        func row(_ item: String, _ d: Difference?, tolerance: Float, pass: Bool, note: String = "") {
             rows.append(ParityRow(file: golden.name, scenario: scenario.name, reference: reference,
                                   implementation: implementation, item: item, difference: d, tolerance: tolerance,
-                                  verdict: pass ? .pass : .fail,
-                                  note: d.nonFinite > 0 ? "\(d.nonFinite) non-finite element(s)" : ""))
+                                  verdict: pass ? .pass : .fail, note: note))
+        }
+        func add(_ item: String, _ actual: Tensor, _ expected: Tensor, filter: ((Int) -> Bool)?) {
+            let d = Difference.measure(actual, expected, include: filter)
+            row(item, d, tolerance: tolerance, pass: d.nonFinite == 0 && d.maxAbs <= tolerance,
+                note: d.nonFinite > 0 ? "\(d.nonFinite) non-finite element(s)" : "")
         }
         func expect(_ dataset: String, shape: [Int]) throws -> Tensor {
             let t = try golden.tensor(dataset)
@@ -125,15 +186,26 @@ public enum GoldenParity {
             return t
         }
 
-        let hidden = try expect(base + "/hidden_states", shape: result.hiddenStates.shape)
+        // Positions first, exactly: a position bug is reported as one, not as the logits it spoils.
+        if case .calls = input, golden.file.exists(base + "/position_ids") {
+            for (item, d, pass, note) in try comparePositions(result, golden: golden, base: base) {
+                row(item, d, tolerance: 0, pass: pass, note: note)
+            }
+        }
+
         let perLayer = Array(result.hiddenStates.shape.dropFirst())
         let layerFilter = Difference.positionFilter(shape: perLayer, batchAxis: 0, timeAxis: 1, keep: isValid)
-        for i in 0..<hidden.shape[0] {
-            add(i == 0 ? "embeddings" : "layer \(i - 1)",
-                result.hiddenStates.slice(axis: 0, start: i, length: 1).reshaped(perLayer),
-                hidden.slice(axis: 0, start: i, length: 1).reshaped(perLayer), filter: layerFilter)
+        if golden.file.exists(base + "/hidden_states") {
+            let hidden = try expect(base + "/hidden_states", shape: result.hiddenStates.shape)
+            for i in 0..<hidden.shape[0] {
+                add(i == 0 ? "embeddings" : "layer \(i - 1)",
+                    result.hiddenStates.slice(axis: 0, start: i, length: 1).reshaped(perLayer),
+                    hidden.slice(axis: 0, start: i, length: 1).reshaped(perLayer), filter: layerFilter)
+            }
         }
-        add("final norm", result.finalNorm, try expect(base + "/final_norm", shape: result.finalNorm.shape), filter: layerFilter)
+        if golden.file.exists(base + "/final_norm") {
+            add("final norm", result.finalNorm, try expect(base + "/final_norm", shape: result.finalNorm.shape), filter: layerFilter)
+        }
 
         let positions = try golden.ints(base + "/logits_positions", expectingRank: 1).values.map { Int($0) }
         let T = result.logits.shape[1]
@@ -161,5 +233,202 @@ public enum GoldenParity {
             }
         }
         return rows
+    }
+
+    /// The positions each call ran with (`position_ids` [3, B, T], `position_ids_rank`) and the
+    /// stored `_position_ids` / `_rope_deltas` after it (`state_after_json`), all exact.
+    static func comparePositions(_ result: ScheduleResult, golden: GoldenFile,
+                                 base: String) throws -> [(String, Difference?, Bool, String)] {
+        let stored = try golden.file.readInt32s(base + "/position_ids")
+        let ranks = try golden.file.readInt32s(base + "/position_ids_rank").values.map(Int.init)
+        guard stored.shape.count == 3, stored.shape[0] == 3, ranks.count == result.positionIds.count else {
+            throw GoldenError.invalid(file: golden.path, path: base + "/position_ids",
+                                      reason: "shape \(stored.shape) and \(ranks.count) ranks for \(result.positionIds.count) calls")
+        }
+        let (B, T) = (stored.shape[1], stored.shape[2])
+        var mine = [Float](repeating: 0, count: 3 * B * T)
+        var notes: [String] = []
+        var t0 = 0
+        for (call, p) in result.positionIds.enumerated() {
+            let rank = p?.rank ?? 0
+            if rank != ranks[call] { notes.append("call \(call): rank \(rank), mlx-vlm \(ranks[call])") }
+            let L = result.callLengths[call]
+            if let p {
+                guard p.batch == B, t0 + L <= T else {
+                    throw GoldenError.invalid(file: golden.path, path: base + "/position_ids", reason: "call \(call) does not fit [3, \(B), \(T)]")
+                }
+                let three = p.threeAxes
+                for a in 0..<3 { for b in 0..<B { for t in 0..<L { mine[(a * B + b) * T + t0 + t] = Float(three.at(axis: a, row: b, t: t)) } } }
+            }
+            t0 += L
+        }
+        let expected = Tensor(shape: stored.shape, data: stored.values.map(Float.init))
+        let d = Difference.measure(Tensor(shape: stored.shape, data: mine), expected)
+        if d.differingElements > 0 {
+            let (axis, rest) = (d.worstIndex / (B * T), d.worstIndex % (B * T))
+            notes.append("first worst: axis \(["T", "H", "W"][axis]) row \(rest / T) t \(rest % T): Swift \(Int(mine[d.worstIndex])), mlx-vlm \(Int(expected.data[d.worstIndex]))")
+        }
+        let positionRow = ("position ids", Optional(d), d.differingElements == 0 && notes.isEmpty, notes.joined(separator: "; "))
+
+        let stateText = try golden.file.stringAttribute("state_after_json", of: base)
+        guard let states = try? JSONSerialization.jsonObject(with: Data(stateText.utf8)) as? [[String: Any]],
+              states.count == result.stateAfter.count else {
+            throw GoldenError.invalid(file: golden.path, path: base + " state_after_json", reason: "not one state per call")
+        }
+        var mismatch: String?
+        for (call, (theirs, ours)) in zip(states, result.stateAfter).enumerated() where mismatch == nil {
+            let theirPositions = NestedInts(theirs["position_ids"]), theirDeltas = NestedInts(theirs["rope_deltas"])
+            let ourPositions = ours.positionIds.map(NestedInts.init(positions:))
+            let ourDeltas = ours.ropeDeltas.map { NestedInts(shape: [$0.count, 1], values: $0) }
+            if theirPositions != ourPositions {
+                mismatch = "after call \(call): _position_ids Swift \(ourPositions?.description ?? "None"), mlx-vlm \(theirPositions?.description ?? "None")"
+            } else if theirDeltas != ourDeltas {
+                mismatch = "after call \(call): _rope_deltas Swift \(ourDeltas?.description ?? "None"), mlx-vlm \(theirDeltas?.description ?? "None")"
+            }
+        }
+        return [positionRow, ("stored position state", nil, mismatch == nil, mismatch ?? "\(states.count) calls")]
+    }
+
+    // MARK: paths against each other
+
+    static func comparePaths(_ golden: GoldenFile, _ scenario: GoldenScenario,
+                             _ results: [String: (ScheduleInput, ScheduleResult)]) throws -> [PathComparison] {
+        var out: [PathComparison] = []
+        for (kind, a, b) in [(PathComparison.Kind.lmVersusVLM, "mlx_lm", "mlx_vlm"), (.hazard, "mlx_vlm", "mlx_vlm_correct")] {
+            guard scenario.paths.contains(a), scenario.paths.contains(b),
+                  let (inputA, runA) = results[a], let (_, runB) = results[b] else { continue }
+            let baseA = "/scenarios/\(scenario.name)/\(a)", baseB = "/scenarios/\(scenario.name)/\(b)"
+            let padding = inputA.leftPadding
+            let valid: (Int, Int) -> Bool = { r, t in padding.isEmpty || t >= padding[r] }
+            var rows: [PathComparison.Row] = []
+            if golden.file.exists(baseA + "/hidden_states"), golden.file.exists(baseB + "/hidden_states") {
+                let libA = try golden.tensor(baseA + "/hidden_states"), libB = try golden.tensor(baseB + "/hidden_states")
+                let perLayer = Array(libA.shape.dropFirst())
+                let filter = Difference.positionFilter(shape: perLayer, batchAxis: 0, timeAxis: 1, keep: valid)
+                for i in 1..<libA.shape[0] {
+                    func layer(_ t: Tensor) -> Tensor { t.slice(axis: 0, start: i, length: 1).reshaped(perLayer) }
+                    rows.append(.init(item: "layer \(i - 1) \(golden.config.layerKinds[i - 1] == .fullAttention ? "attention" : "GDN")",
+                                      library: Difference.measure(layer(libA), layer(libB), include: filter).maxAbs,
+                                      swift: Difference.measure(layer(runA.hiddenStates), layer(runB.hiddenStates), include: filter).maxAbs))
+                }
+            }
+            // Logits at the positions both paths stored.
+            let posA = try golden.ints(baseA + "/logits_positions", expectingRank: 1).values.map(Int.init)
+            let posB = try golden.ints(baseB + "/logits_positions", expectingRank: 1).values.map(Int.init)
+            let common = posA.filter(posB.contains)
+            if !common.isEmpty {
+                let libA = try golden.tensor(baseA + "/logits"), libB = try golden.tensor(baseB + "/logits")
+                func pick(_ t: Tensor, _ from: [Int]) -> Tensor {
+                    Tensor.concatenate(common.map { t.slice(axis: 1, start: from.firstIndex(of: $0)!, length: 1) }, axis: 1)
+                }
+                func run(_ t: Tensor) -> Tensor { Tensor.concatenate(common.map { t.slice(axis: 1, start: $0, length: 1) }, axis: 1) }
+                let la = pick(libA, posA), lb = pick(libB, posB)
+                let filter = Difference.positionFilter(shape: la.shape, batchAxis: 0, timeAxis: 1) { r, p in valid(r, common[p]) }
+                rows.append(.init(item: "logits", library: Difference.measure(la, lb, include: filter).maxAbs,
+                                  swift: Difference.measure(run(runA.logits), run(runB.logits), include: filter).maxAbs))
+            }
+            out.append(PathComparison(file: golden.name, scenario: scenario.name, kind: kind, rows: rows,
+                                      explanation: kind == .hazard ? (scenario.hazard ?? "hazard")
+                                                                   : lmVersusVLMExplanation(golden.config, inputA, rows)))
+        }
+        return out
+    }
+
+    /// Which blocks make mlx-lm and mlx-vlm differ on this text schedule.
+    static func lmVersusVLMExplanation(_ config: TextConfig, _ input: ScheduleInput, _ rows: [PathComparison.Row]) -> String {
+        var calls: [Int] = []
+        switch input {
+        case .single(_, let c, _): calls = c
+        case .batch(let r, _, let d): calls = [r.first?.count ?? 0] + d.map { _ in 1 }
+        case .calls(let c): calls = c.map { $0.call.inputs.first?.count ?? 0 }
+        }
+        var parts: [String] = []
+        if calls.contains(where: { $0 > 1 }) {
+            parts.append("GDN: chunked WY scan (C=64, g clipped at 1e-6) for calls of L>1 vs the sequential recurrence")
+        } else {
+            parts.append("GDN: the same sequential step (every call has one token)")
+        }
+        parts.append("attention: MRoPE cos/sin from 1/base^(2i/r) vs mx.fast.rope's exp(-i·ln(base)/(r/2))")
+        if case .batch = input {
+            parts.append("batch: mlx-vlm runs each row unpadded, mlx-lm masks the padded batch")
+        }
+        if let first = rows.first(where: { $0.item != "logits" && $0.library > 0 }) {
+            parts.append("first gap at \(first.item)")
+        }
+        return parts.joined(separator: "; ")
+    }
+
+    // MARK: get_rope_index and the rotary tables
+
+    static func checkRopeTables(_ golden: GoldenFile, _ vlm: VLMGoldenConfig) throws -> [ParityRow] {
+        var rows: [ParityRow] = []
+        func row(_ item: String, pass: Bool, note: String) {
+            rows.append(ParityRow(file: golden.name, scenario: "(config)", reference: "mlx_vlm", implementation: "vlm mirror",
+                                  item: item, difference: nil, tolerance: 0, verdict: pass ? .pass : .fail, note: note))
+        }
+        let ropeIndex = RopeIndex(vlm.multimodal)
+        for c in try golden.ropeIndexCases() {
+            do {
+                let (positions, deltas) = try ropeIndex(c.inputIds, imageGrid: c.imageGrid, videoGrid: c.videoGrid,
+                                                        attentionMask: c.attentionMask)
+                let same = positions == c.positionIds && deltas == c.ropeDeltas
+                row("get_rope_index \(c.name)", pass: same,
+                    note: same ? "rank \(positions.rank), deltas \(deltas)"
+                               : "Swift \(positions) deltas \(deltas); mlx-vlm \(c.positionIds) deltas \(c.ropeDeltas)")
+            } catch {
+                row("get_rope_index \(c.name)", pass: false, note: "\(error)")
+            }
+        }
+        // The rotary tables mlx-vlm built: the axis selector must be identical; inv_freq is
+        // reported bit for bit (an ulp apart would still be within tolerance downstream).
+        let model = VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try golden.weights())
+        if let selector = vlm.effective["position_selector"] as? [Int] {
+            row("MRoPE axis selector", pass: selector == model.positionSelector,
+                note: "\(model.positionSelector.map { ["T", "H", "W"][$0] }.joined())")
+        }
+        if let theirs = (vlm.effective["inv_freq"] as? [NSNumber])?.map({ Float($0.doubleValue) }) {
+            let ours = model.inverseFrequencies
+            let differing = zip(ours, theirs).filter { $0.bitPattern != $1.bitPattern }.count
+            row("MRoPE inv_freq", pass: ours.count == theirs.count && differing == 0,
+                note: ours.count == theirs.count ? "\(ours.count) frequencies, \(differing) differ in bits" : "\(ours.count) vs \(theirs.count) frequencies")
+        }
+        return rows
+    }
+}
+
+/// A nested JSON list of ints as shape + values, for comparing stored state exactly.
+struct NestedInts: Equatable, CustomStringConvertible {
+    var shape: [Int]
+    var values: [Int]
+
+    init(shape: [Int], values: [Int]) {
+        self.shape = shape
+        self.values = values
+    }
+
+    init(positions p: VLMPositions) {
+        self.init(shape: p.axes == 1 ? [p.batch, p.length] : [3, p.batch, p.length], values: p.values)
+    }
+
+    /// nil for JSON null (or anything that is not a regular nested list of ints).
+    init?(_ any: Any?) {
+        guard let any, !(any is NSNull) else { return nil }
+        var shape: [Int] = []
+        var values: [Int] = []
+        func walk(_ node: Any, depth: Int) -> Bool {
+            if let list = node as? [Any] {
+                if shape.count == depth { shape.append(list.count) } else if shape[depth] != list.count { return false }
+                return list.allSatisfy { walk($0, depth: depth + 1) }
+            }
+            guard let n = node as? NSNumber, shape.count == depth else { return false }
+            values.append(n.intValue)
+            return true
+        }
+        guard walk(any, depth: 0) else { return nil }
+        self.init(shape: shape, values: values)
+    }
+
+    var description: String {
+        values.count <= 24 ? "\(shape) \(values)" : "\(shape) \(values.prefix(24))…"
     }
 }
