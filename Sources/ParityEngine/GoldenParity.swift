@@ -44,6 +44,9 @@ public struct PathComparison: Sendable {
         case lmVersusVLM = "mlx_lm ↔ mlx_vlm"
         /// A hazard (mlx_vlm) against the same calls made correctly (mlx_vlm_correct).
         case hazard = "hazard ↔ correct"
+        /// One prompt under two schedules (upstream: prefill/decode consistency, chunked MRoPE
+        /// prefill against unchunked), mlx_vlm path.
+        case schedules = "schedule ↔ schedule"
     }
     public struct Row: Sendable {
         public var item: String
@@ -94,6 +97,7 @@ public enum GoldenParity {
         let vlm = try golden.vlmConfig()
         var report = FileReport()
         if let vlm { report.exact = try checkRopeTables(golden, vlm) }
+        var vlmRuns: [String: ScheduleResult] = [:]
         for scenario in try golden.scenarios() where only?.contains(scenario.name) ?? true {
             var results: [String: (ScheduleInput, ScheduleResult)] = [:]
             for reference in scenario.paths {
@@ -102,7 +106,9 @@ public enum GoldenParity {
                 if let run { results[reference] = run }
             }
             report.comparisons += try comparePaths(golden, scenario, results)
+            if let run = results["mlx_vlm"] { vlmRuns[scenario.name] = run.1 }
         }
+        report.comparisons += try compareSchedules(golden, vlmRuns)
         if let only {
             let known = Set(report.scenarios.map(\.scenario.name))
             for missing in only.subtracting(known).sorted() {
@@ -330,6 +336,44 @@ public enum GoldenParity {
             out.append(PathComparison(file: golden.name, scenario: scenario.name, kind: kind, rows: rows,
                                       explanation: kind == .hazard ? (scenario.hazard ?? "hazard")
                                                                    : lmVersusVLMExplanation(golden.config, inputA, rows)))
+        }
+        return out
+    }
+
+    /// The same prompt under two schedules, on the mlx_vlm path: the upstream prefill/decode
+    /// vector (whole prompt against prefix + last token) and each chunked-MRoPE step against the
+    /// longest step (upstream compares steps 16 and 2).
+    static func compareSchedules(_ golden: GoldenFile, _ runs: [String: ScheduleResult]) throws -> [PathComparison] {
+        var pairs: [(String, String, String)] = [("mrope_full_decode", "mrope_prefix_decode",
+            "upstream: model(all)[-1] equals the prefix, then the last token (atol 1e-4); same decodes")]
+        for case_ in ["boundary", "later"] {
+            let steps = runs.keys.compactMap { name -> Int? in
+                let prefix = "mrope_chunked_\(case_)_step"
+                return name.hasPrefix(prefix) ? Int(name.dropFirst(prefix.count)) : nil
+            }.sorted()
+            guard let longest = steps.last else { continue }
+            for step in steps.dropLast() {
+                pairs.append(("mrope_chunked_\(case_)_step\(longest)", "mrope_chunked_\(case_)_step\(step)",
+                              "upstream: chunked MRoPE prefill matches unchunked (atol 1e-4); the chunked scan moves rounding"))
+            }
+        }
+        var out: [PathComparison] = []
+        for (a, b, why) in pairs {
+            guard let runA = runs[a], let runB = runs[b] else { continue }
+            let baseA = "/scenarios/\(a)/mlx_vlm", baseB = "/scenarios/\(b)/mlx_vlm"
+            let posA = try golden.ints(baseA + "/logits_positions", expectingRank: 1).values.map(Int.init)
+            let posB = try golden.ints(baseB + "/logits_positions", expectingRank: 1).values.map(Int.init)
+            let common = posA.filter(posB.contains)
+            guard !common.isEmpty else { continue }
+            let libA = try golden.tensor(baseA + "/logits"), libB = try golden.tensor(baseB + "/logits")
+            func stored(_ t: Tensor, _ from: [Int]) -> Tensor {
+                Tensor.concatenate(common.map { t.slice(axis: 1, start: from.firstIndex(of: $0)!, length: 1) }, axis: 1)
+            }
+            func ran(_ t: Tensor) -> Tensor { Tensor.concatenate(common.map { t.slice(axis: 1, start: $0, length: 1) }, axis: 1) }
+            let row = PathComparison.Row(item: "logits", library: Difference.measure(stored(libA, posA), stored(libB, posB)).maxAbs,
+                                         swift: Difference.measure(ran(runA.logits), ran(runB.logits)).maxAbs)
+            out.append(PathComparison(file: golden.name, scenario: "\(b) vs \(a)", kind: .schedules, rows: [row],
+                                      explanation: why + " (positions \(common))"))
         }
         return out
     }

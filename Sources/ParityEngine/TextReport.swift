@@ -58,14 +58,20 @@ public enum TextReport {
     public static func renderComparisons(_ comparisons: [PathComparison], file: String) -> String {
         guard !comparisons.isEmpty else { return "" }
         var lines: [String] = []
-        for kind in [PathComparison.Kind.lmVersusVLM, .hazard] {
+        for kind in [PathComparison.Kind.lmVersusVLM, .hazard, .schedules] {
             let group = comparisons.filter { $0.kind == kind }
             guard !group.isEmpty else { continue }
-            let title = kind == .lmVersusVLM
-                ? "\(file) · mlx_lm ↔ mlx_vlm max abs on the same text schedule: library (goldens) / Swift (lm mirror ↔ vlm mirror)"
-                : "\(file) · hazards: max abs |library call − correct call|, library (goldens) / Swift (vlm mirror)"
+            let title: String
+            switch kind {
+            case .lmVersusVLM:
+                title = "\(file) · mlx_lm ↔ mlx_vlm max abs on the same text schedule: library (goldens) / Swift (lm mirror ↔ vlm mirror)"
+            case .hazard:
+                title = "\(file) · hazards: max abs |library call − correct call|, library (goldens) / Swift (vlm mirror)"
+            case .schedules:
+                title = "\(file) · one prompt, two schedules (mlx_vlm): max abs, library (goldens) / Swift (vlm mirror)"
+            }
             lines.append(title)
-            let width = max(28, group.map(\.scenario.count).max() ?? 0)
+            let width = max(28, group.map(\.scenario.count).max() ?? 0) + 2
             for c in group {
                 var line = "  " + c.scenario.padding(toLength: width, withPad: " ", startingAt: 0)
                 if let l = c.logits { line += "logits " + format(l.library) + " / " + format(l.swift) }
