@@ -228,25 +228,25 @@ extension GoldenFile {
             tokenCache[dataset] = rows
             return rows
         }
-        func where_(_ i: Int, _ reason: String) -> GoldenError {
+        func invalid(_ i: Int, _ reason: String) -> GoldenError {
             GoldenError.invalid(file: path, path: group + " schedule_json[\(i)]", reason: reason)
         }
         return try calls.enumerated().map { i, object in
             guard let tokens = object["tokens"] as? String, let start = object["start"] as? Int,
                   let length = object["length"] as? Int, length > 0,
                   let cacheText = object["cache"] as? String else {
-                throw where_(i, "needs tokens, start, length and cache")
+                throw invalid(i, "needs tokens, start, length and cache")
             }
             func slice(_ rows: [[Int]]) throws -> [[Int]] {
                 guard let width = rows.first?.count, start >= 0, start + length <= width else {
-                    throw where_(i, "columns \(start)..<\(start + length) outside the input")
+                    throw invalid(i, "columns \(start)..<\(start + length) outside the input")
                 }
                 return rows.map { Array($0[start..<(start + length)]) }
             }
             var call = VLMCall(inputs: try slice(ints2(tokens)))
             if let name = object["embeddings"] as? String {
                 let e = try tensor(name)
-                guard e.rank == 3, start + length <= e.shape[1] else { throw where_(i, "embeddings \(e.shape) too short") }
+                guard e.rank == 3, start + length <= e.shape[1] else { throw invalid(i, "embeddings \(e.shape) too short") }
                 call.inputEmbeddings = e.slice(axis: 1, start: start, length: length)
             }
             if let name = object["position_ids"] as? String {
@@ -255,7 +255,7 @@ extension GoldenFile {
                 case 2: call.positionIds = VLMPositions(axes: 1, batch: p.shape[0], length: p.shape[1], values: p.values.map(Int.init))
                 case 3 where p.shape[0] == 3:
                     call.positionIds = VLMPositions(axes: 3, batch: p.shape[1], length: p.shape[2], values: p.values.map(Int.init))
-                default: throw where_(i, "position_ids of shape \(p.shape)")
+                default: throw invalid(i, "position_ids of shape \(p.shape)")
                 }
             }
             if let name = object["rope_deltas"] as? String {
@@ -272,7 +272,7 @@ extension GoldenFile {
                 action = .new(leftPadding: try (object["left_padding"] as? String).map {
                     try file.readInt32s($0).values.map(Int.init)
                 })
-            default: throw where_(i, "unknown cache action '\(cacheText)'")
+            default: throw invalid(i, "unknown cache action '\(cacheText)'")
             }
             return ScheduledCall(call: call, cache: action, resetState: object["reset_state"] as? Bool ?? false)
         }

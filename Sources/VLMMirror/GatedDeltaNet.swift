@@ -50,12 +50,12 @@ struct GatedDeltaNet {
         if let mask {
             for r in 0..<(B * S) where !mask[r] { for ch in 0..<Cc { mixed.data[r * Cc + ch] = 0 } }
         }
-        let window_ = Tensor.concatenate([state, mixed], axis: 1)   // [B, K−1+S, Cc]
+        let convInput = Tensor.concatenate([state, mixed], axis: 1)   // [B, K−1+S, Cc]
         if var c = cache {
-            c.convState = trailingWindow(window_, lengths: c.lengths, steps: S)
+            c.convState = trailingWindow(convInput, lengths: c.lengths, steps: S)
             cache = c
         }
-        let convOut = depthwiseConvSilu(window_, steps: S)          // [B, S, Cc]
+        let convOut = depthwiseConvSilu(convInput, steps: S)          // [B, S, Cc]
         trace("conv_out", convOut)
 
         // _normalize_qk: eps written 1e-6 / dk; the dk^-½ readout scale folded into q.
@@ -186,7 +186,7 @@ struct GatedDeltaNet {
         for b in 0..<B {
             for h in 0..<Hv {
                 let kh = h / (Hv / Hk)
-                var S_ = Matrix(rows: dv, columns: dk, Array(state.data[((b * Hv + h) * dv * dk)..<((b * Hv + h + 1) * dv * dk)]))
+                var carried = Matrix(rows: dv, columns: dk, Array(state.data[((b * Hv + h) * dv * dk)..<((b * Hv + h + 1) * dv * dk)]))
                 for c in 0..<chunks {
                     // This chunk's rows, zero-padded past the end of the call.
                     var Q = Matrix(rows: C, columns: dk), K = Matrix(rows: C, columns: dk), V = Matrix(rows: C, columns: dv)
@@ -205,14 +205,14 @@ struct GatedDeltaNet {
                             rate[i] = beta.data[row * Hv + h]
                         }
                     }
-                    let (Y, next) = Self.scanChunk(Q: Q, K: K, V: V, g: decay, beta: rate, state: S_)
-                    S_ = next
+                    let (Y, next) = Self.scanChunk(Q: Q, K: K, V: V, g: decay, beta: rate, state: carried)
+                    carried = next
                     for i in 0..<C where c * C + i < S {
                         let row = b * S + c * C + i
                         for j in 0..<dv { y.data[(row * Hv + h) * dv + j] = Y[i, j] }
                     }
                 }
-                state.data.replaceSubrange(((b * Hv + h) * dv * dk)..<((b * Hv + h + 1) * dv * dk), with: S_.values)
+                state.data.replaceSubrange(((b * Hv + h) * dv * dk)..<((b * Hv + h + 1) * dv * dk), with: carried.values)
             }
         }
         return y
