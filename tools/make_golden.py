@@ -38,6 +38,7 @@ try:
     from mlx.utils import tree_flatten
     from mlx_lm.models.cache import ArraysCache, BatchKVCache, KVCache, make_prompt_cache
     from mlx_lm.utils import _get_classes
+    import golden_probes  # tools/golden_probes.py: sub-step probes (docs/golden-format.md)
 except ImportError as exc:  # pragma: no cover - environment problem, not a code path
     sys.exit(f"make_golden: error: {exc}. Install the pinned packages: "
              f"pip install -r tools/requirements.txt")
@@ -491,6 +492,7 @@ def write_golden(path: Path, meta: dict, weights: dict, inputs: Inputs, results:
         shared: dict = {}
         for sc, result in results:
             write_scenario(f, sc, result, shared)
+        golden_probes.write(f, meta.get("probes"), shared, put)
 
 
 def atomic_write(out: Path, write) -> None:
@@ -623,7 +625,13 @@ def generate(args) -> None:
         log(f"  {sc.name:<20} calls={len(sc.calls):<3} max|logits|={peak:.3f} "
             f"({time.monotonic() - t:.2f}s)")
 
+    try:
+        probes = golden_probes.capture(model, inputs.token_ids, results)
+    except golden_probes.ProbeError as exc:
+        raise GoldenError(f"probes: {exc}") from exc
+
     meta = {
+        "probes": probes,
         "root": {
             "format_version": FORMAT_VERSION, "backend": "mlx-cpu", "dtype": "float32",
             "variant": args.variant or args.config.name.removesuffix(".json"),
