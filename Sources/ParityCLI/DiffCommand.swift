@@ -13,7 +13,8 @@ public struct DiffCommand: ParsableCommand {
         Sides: \(DiffSides.registered.map { "\($0.id) (\($0.summary))" }.joined(separator: "; ")).
         Sides with the same numerics (golden-lm and lm) are compared bit for bit; others within 2e-5.
         Goldens store sub-steps only as probes (full_prefill, one GatedDeltaNet and one attention layer).
-        Exit status: 0 when a and b agree (and no side departs in the vote), 1 when they differ, 2 on errors.
+        Exit status: 0 when a and b agree (and no side departs in the vote), 1 when they differ, 2 when the
+        diff cannot run (64 for a bad command line).
         """)
 
     @Argument(help: "A golden file (.h5) written by tools/make_golden.py.")

@@ -169,10 +169,10 @@ public enum DiffSides {
     }
 
     public static let registered: [Entry] = [
-        Entry(id: "golden-lm", summary: "mlx-lm's results stored in the golden (path mlx_lm)") { _, _ in
+        Entry(id: "golden-lm", summary: "mlx-lm's results stored in the golden, path mlx_lm") { _, _ in
             GoldenSide(id: "golden-lm", title: "mlx-lm golden", path: "mlx_lm", numerics: "mlx-lm")
         },
-        Entry(id: "lm", summary: "the Swift mirror of mlx-lm (LMMirror)") { golden, weights in
+        Entry(id: "lm", summary: "the Swift mirror of mlx-lm, LMMirror") { golden, weights in
             ImplementationSide(id: "lm", title: "lm mirror", numerics: "mlx-lm",
                                model: LMTextModel(config: golden.config, weights: try weights()))
         },
@@ -194,6 +194,7 @@ public enum DiffError: Error, CustomStringConvertible, Equatable {
     case unknownSide(String, known: [String])
     case badFault(String)
     case badLayer(Int, layers: Int)
+    case unknownSubStep(layer: Int, kind: String, name: String, known: [String])
     case cannotFault(String)
 
     public var description: String {
@@ -202,6 +203,8 @@ public enum DiffError: Error, CustomStringConvertible, Equatable {
         case let .badFault(text):
             return "bad fault '\(text)': expected LAYER:SUBSTEP, e.g. 2:conv_out (sub-steps: GatedDeltaNet \(SubSteps.deltaNet.map(\.name).joined(separator: ", ")); attention \(SubSteps.attention.map(\.name).joined(separator: ", ")))"
         case let .badLayer(layer, layers): return "layer \(layer) does not exist (the model has layers 0..<\(layers))"
+        case let .unknownSubStep(layer, kind, name, known):
+            return "layer \(layer) is \(kind) and has no sub-step '\(name)'; its sub-steps: \(known.joined(separator: ", "))"
         case let .cannotFault(id): return "side '\(id)' is stored results, not an implementation: it cannot be faulted"
         }
     }
@@ -227,8 +230,10 @@ public struct SubStepFault: Sendable, Hashable, CustomStringConvertible {
     /// Throws unless `config`'s layer exists and has a sub-step of that name.
     public func validate(for config: TextConfig) throws {
         guard layer < config.layerKinds.count else { throw DiffError.badLayer(layer, layers: config.layerKinds.count) }
-        guard SubSteps.catalogue(for: config.layerKinds[layer]).contains(where: { $0.name == name }) else {
-            throw DiffError.badFault(description)
+        let kind = config.layerKinds[layer], steps = SubSteps.catalogue(for: kind).map(\.name)
+        guard steps.contains(name) else {
+            throw DiffError.unknownSubStep(layer: layer, kind: kind == .linearAttention ? "GatedDeltaNet" : "attention",
+                                           name: name, known: steps)
         }
     }
 
