@@ -60,6 +60,7 @@ try:
     from mlx_lm.utils import (_get_classes, dequantize_model, load_model, quantize_model,
                               save_config, save_model)
     from mlx_vlm.models import cache as vlm_cache
+    import golden_probes  # tools/golden_probes.py: sub-step probes (docs/golden-format.md)
 except ImportError as exc:  # pragma: no cover - environment problem, not a code path
     sys.exit(f"make_golden: error: {exc}. Install the pinned packages: "
              f"pip install -r tools/requirements.txt")
@@ -1233,6 +1234,7 @@ def write_golden(path: Path, meta: dict, weights: dict | None, store: dict, resu
                     put(g, key, np.asarray(case[key]), "<i4", shared)
         for sc, paths in results:
             write_scenario(f, sc, paths, shared)
+        golden_probes.write(f, meta.get("probes"), shared, put)
 
 
 def temp_sibling(out: Path) -> Path:
@@ -1315,7 +1317,11 @@ def golden_from_config(args, tmp: Path) -> None:
     results = [(sc, {LM_PATH: run}) for sc, run in
                zip(scenarios, run_all(model, scenarios, inputs, LM_PATH))]
     store = inputs.datasets()
-    meta = {"raw_json": raw_json, "effective_json": json.dumps(effective)}
+    try:
+        probes = golden_probes.capture(model, inputs.token_ids, [(sc, paths[LM_PATH].result) for sc, paths in results])
+    except golden_probes.ProbeError as exc:
+        raise GoldenError(f"probes: {exc}") from exc
+    meta = {"raw_json": raw_json, "effective_json": json.dumps(effective), "probes": probes}
     if groups is not None:
         meta |= add_vlm_paths(config, weights, inputs, effective["vocab_size"], groups, args.seed,
                               results, store)
