@@ -1,5 +1,6 @@
 import Foundation
 import LMMirror
+import VLMMirror
 import ParityCore
 import ParityTensor
 
@@ -115,14 +116,17 @@ public struct ImplementationSide: DiffSide {
     public let title: String
     public let numerics: String
     public let model: QwenLanguageModel
+    /// The reference path whose call schedule this side replays (mlx-vlm paths carry their own).
+    public let schedulePath: String
     public var isGolden: Bool { false }
 
-    public init(id: String, title: String, numerics: String, model: QwenLanguageModel) {
-        self.id = id; self.title = title; self.numerics = numerics; self.model = model
+    public init(id: String, title: String, numerics: String, model: QwenLanguageModel, schedulePath: String = "mlx_lm") {
+        self.id = id; self.title = title; self.numerics = numerics; self.model = model; self.schedulePath = schedulePath
     }
 
     public func capture(_ request: DiffRequest) throws -> DiffCapture {
-        let input = try GoldenParity.scheduleInput(request.golden, request.scenario)
+        let input = try GoldenParity.scheduleInput(request.golden, request.scenario,
+                                                   path: request.scenario.paths.contains(schedulePath) ? schedulePath : "mlx_lm")
         let recorder = TraceRecorder(subStepLayers: request.subStepLayers)
         let result = try ScheduleRunner.run(model, input, trace: recorder)
         var c = DiffCapture()
@@ -176,7 +180,17 @@ public enum DiffSides {
             ImplementationSide(id: "lm", title: "lm mirror", numerics: "mlx-lm",
                                model: LMTextModel(config: golden.config, weights: try weights()))
         },
-        // Later: golden-vlm (GoldenSide, path "mlx_vlm", numerics "mlx-vlm"), vlm, unified.
+        Entry(id: "golden-vlm", summary: "mlx-vlm's results stored in the golden, path mlx_vlm") { _, _ in
+            GoldenSide(id: "golden-vlm", title: "mlx-vlm golden", path: "mlx_vlm", numerics: "mlx-vlm")
+        },
+        Entry(id: "vlm", summary: "the Swift mirror of mlx-vlm's language model, VLMMirror") { golden, weights in
+            guard let vlm = try golden.vlmConfig() else {
+                throw GoldenError.invalid(file: golden.path, path: "/config vlm_json", reason: "this golden was written without mlx-vlm")
+            }
+            return ImplementationSide(id: "vlm", title: "vlm mirror", numerics: "mlx-vlm",
+                                      model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights()),
+                                      schedulePath: "mlx_vlm")
+        },
     ]
 
     public static var names: [String] { registered.map(\.id) }

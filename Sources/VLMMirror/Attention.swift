@@ -44,15 +44,21 @@ struct Attention {
     func callAsFunction(_ x: Tensor, mask: AttentionMask, cache: inout AttentionCache?,
                         angles: RotaryAngles?, trace: SubStepTrace) -> Tensor {
         let (B, L, hd) = (x.shape[0], x.shape[1], headDim)
-        let packed = x.linear(qProj, bias: qBias).reshaped([B, L, heads, 2 * hd])   // per head [query ‖ gate]
-        trace("q_proj", packed)
+        // Traced with the shapes the golden probes use (ParityCore SubSteps).
+        let queryProjection = x.linear(qProj, bias: qBias)
+        trace("q_proj", queryProjection)
+        let packed = queryProjection.reshaped([B, L, heads, 2 * hd])   // per head [query ‖ gate]
         let gate = packed.slice(axis: 3, start: hd, length: hd).reshaped([B, L, heads * hd])
         trace("gate", gate)
-        var q = packed.slice(axis: 3, start: 0, length: hd).rmsNorm(weight: qNorm, eps: eps).permuted([0, 2, 1, 3])
-        var k = x.linear(kProj, bias: kBias).reshaped([B, L, kvHeads, hd]).rmsNorm(weight: kNorm, eps: eps)
-            .permuted([0, 2, 1, 3])
+        let keyProjection = x.linear(kProj, bias: kBias)
+        trace("k_proj", keyProjection)
+        let qNormed = packed.slice(axis: 3, start: 0, length: hd).rmsNorm(weight: qNorm, eps: eps)
+        let kNormed = keyProjection.reshaped([B, L, kvHeads, hd]).rmsNorm(weight: kNorm, eps: eps)
+        trace("q_normed", qNormed); trace("k_normed", kNormed)
+        var q = qNormed.permuted([0, 2, 1, 3])
+        var k = kNormed.permuted([0, 2, 1, 3])
         let v = x.linear(vProj, bias: vBias).reshaped([B, L, kvHeads, hd]).permuted([0, 2, 1, 3])
-        trace("q_normed", q); trace("k_normed", k); trace("v", v)
+        trace("v", v)
 
         let rope = angles ?? rotary.angles(positionsFromOffset(cache, batch: B, length: L))
         MRoPE.apply(&q, rope)

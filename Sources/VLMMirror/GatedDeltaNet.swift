@@ -55,8 +55,9 @@ struct GatedDeltaNet {
             c.convState = trailingWindow(convInput, lengths: c.lengths, steps: S)
             cache = c
         }
-        let convOut = depthwiseConvSilu(convInput, steps: S)          // [B, S, Cc]
-        trace("conv_out", convOut)
+        let preActivation = depthwiseConv(convInput, steps: S)       // [B, S, Cc]
+        trace("conv_out", preActivation)
+        let convOut = preActivation.map(Activation.silu)
 
         // _normalize_qk: eps written 1e-6 / dk; the dk^-½ readout scale folded into q.
         let invScale = Double(dk).squareRoot().reciprocal
@@ -112,7 +113,12 @@ struct GatedDeltaNet {
     }
 
     /// `nn.Conv1d(groups = Cc)` then silu: `out[t, c] = silu(Σ_j in[t + j, c]·w[c, j])`.
+    /// The conv1d module's output, before silu (what the golden probes record as conv_out).
     func depthwiseConvSilu(_ input: Tensor, steps S: Int) -> Tensor {
+        depthwiseConv(input, steps: S).map(Activation.silu)
+    }
+
+    func depthwiseConv(_ input: Tensor, steps S: Int) -> Tensor {
         let (B, span, Cc) = (input.shape[0], input.shape[1], input.shape[2])
         var out = Tensor(zeros: [B, S, Cc])
         for b in 0..<B {
@@ -120,7 +126,7 @@ struct GatedDeltaNet {
                 for c in 0..<Cc {
                     var acc: Float = 0
                     for j in 0..<kernel { acc += input.data[(b * span + t + j) * Cc + c] * convWeight.data[c * kernel + j] }
-                    out.data[(b * S + t) * Cc + c] = Activation.silu(acc)
+                    out.data[(b * S + t) * Cc + c] = acc
                 }
             }
         }

@@ -159,10 +159,20 @@ struct FaultCase: CustomTestStringConvertible, Sendable {
         #expect(report.drillNote?.contains("probes") == true)
     }
 
+    /// The 2-of-3 vote across libraries: the vlm mirror agrees with mlx-vlm's golden bit for bit.
+    @Test func vlmMirrorAgreesWithItsGolden() throws {
+        let f = try DiffFixture("tiny-dense.h5")
+        let goldenVLM = try DiffSides.make("golden-vlm", golden: f.golden, weights: { f.weights })
+        let vlm = try DiffSides.make("vlm", golden: f.golden, weights: { f.weights })
+        let report = try Diff.run(f.golden, scenario: "full_prefill", sides: [goldenVLM, vlm])
+        #expect(report.agrees)
+        #expect(report.rows.allSatisfy { $0.status == .identical })
+    }
+
     @Test func unknownSideAndBadFaultAreNamed() throws {
         let f = try DiffFixture("tiny-dense.h5")
-        #expect(throws: DiffError.unknownSide("vlm", known: ["golden-lm", "lm"])) {
-            try DiffSides.make("vlm", golden: f.golden, weights: { f.weights })
+        #expect(throws: DiffError.unknownSide("mlx", known: ["golden-lm", "lm", "golden-vlm", "vlm"])) {
+            try DiffSides.make("mlx", golden: f.golden, weights: { f.weights })
         }
         #expect(throws: DiffError.self) { try SubStepFault(parsing: "conv_out") }
         #expect(throws: DiffError.self) { try SubStepFault(parsing: "3:conv_out").validate(for: f.golden.config) }   // attention layer
