@@ -85,7 +85,8 @@ public final class GoldenFile {
             let mine = key == "tie_word_embeddings" ? config.tieWordEmbeddings : config.normTopkProb
             if theirs != mine { differences.append("\(key): Swift \(mine), mlx-lm \(theirs.map(String.init) ?? "missing")") }
         }
-        if let kinds = object["layer_types"] as? [String], kinds != config.layerKinds.map(\.rawValue) {
+        if let kinds = object["layer_types"] as? [String],
+           kinds.count != config.numHiddenLayers || kinds != config.layerKinds.map(\.rawValue) {
             differences.append("layer_types: Swift \(config.layerKinds.map(\.rawValue)), mlx-lm \(kinds)")
         }
         guard differences.isEmpty else { throw GoldenError.configDisagrees(file: path, differences: differences) }
@@ -121,9 +122,18 @@ public final class GoldenFile {
         try tokenRows("/inputs/token_ids")
     }
 
+    /// Token ids `[rows, length]`, every one inside the vocabulary: an id the model cannot embed is
+    /// a broken golden, named here rather than deep inside a forward pass.
     public func tokenRows(_ dataset: String) throws -> [[Int]] {
         let ids = try ints(dataset, expectingRank: 2)
         let (rows, length) = (ids.shape[0], ids.shape[1])
+        guard rows > 0, length > 0 else {
+            throw GoldenError.invalid(file: path, path: dataset, reason: "expected at least one token, found shape \(ids.shape)")
+        }
+        if let bad = ids.values.firstIndex(where: { $0 < 0 || Int($0) >= config.vocabSize }) {
+            throw GoldenError.invalid(file: path, path: dataset,
+                reason: "token id \(ids.values[bad]) at [\(bad / length), \(bad % length)] is outside the vocabulary 0..<\(config.vocabSize)")
+        }
         return (0..<rows).map { r in ids.values[(r * length)..<((r + 1) * length)].map { Int($0) } }
     }
 
