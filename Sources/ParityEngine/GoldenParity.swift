@@ -7,7 +7,7 @@ import ParityTensor
 // what the reference library stored.
 
 public struct ParityRow: Sendable {
-    public enum Verdict: String, Sendable { case pass = "ok", fail = "FAIL", notRun = "NOT RUN" }
+    public enum Verdict: String, Sendable { case pass = "ok", fail = "FAIL", notRun = "NOT RUN", nondeterministic = "NONDETERMINISTIC" }
     public var file: String
     public var scenario: String
     public var reference: String
@@ -79,9 +79,11 @@ public enum GoldenParity {
         report.implementation = implName
         do {
             let input = try scheduleInput(golden, scenario)
-            let result = try ScheduleRunner.run(model, input)
-            report.rows = try compare(result, golden: golden, scenario: scenario, reference: reference,
-                                      implementation: implName, input: input)
+            let (result, mismatches) = try Determinism.runTwice(model, input)
+            report.rows = [Determinism.row(mismatches, of: report)]
+            guard mismatches.isEmpty else { return report }
+            report.rows += try compare(result, golden: golden, scenario: scenario, reference: reference,
+                                       implementation: implName, input: input)
         } catch {
             report.error = "\(error)"
         }
