@@ -153,6 +153,9 @@ public struct RawTextConfig: Decodable, Equatable, Sendable {
             return try JSONDecoder().decode(RawTextConfig.self, from: data)
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
             let key = context.codingPath.map(\.stringValue).joined(separator: ".")
+            guard !key.isEmpty else {   // the document itself: [], null, 42
+                throw ConfigError.unreadable(source: source, reason: "expected a JSON object; " + context.debugDescription)
+            }
             throw ConfigError.invalid(source: source, key: key, reason: context.debugDescription)
         } catch let DecodingError.dataCorrupted(context) where !context.codingPath.isEmpty {
             // A value that parses but does not fit, such as 1e30 for an Int.

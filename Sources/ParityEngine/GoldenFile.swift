@@ -16,7 +16,8 @@ public enum GoldenError: Error, CustomStringConvertible {
             return "\(file): golden format_version \(version) is not known to this harness (it reads \(supported)); update qwen-parity or regenerate"
         case let .invalid(file, path, reason): return "\(file): \(path): \(reason)"
         case let .configDisagrees(file, differences):
-            return "\(file): the config as Swift resolves it differs from what mlx-lm ran: " + differences.joined(separator: "; ")
+            return "\(file): /config effective_json: what mlx-lm ran differs from /config raw_json as Swift resolves it: "
+                + differences.joined(separator: "; ")
         }
     }
 }
@@ -72,6 +73,8 @@ public final class GoldenFile {
             "linear_conv_kernel_dim": Double(config.linearConvKernelDim),
             "full_attention_interval": Double(config.fullAttentionInterval),
             "num_experts": Double(config.numExperts), "num_experts_per_tok": Double(config.numExpertsPerTok),
+            "intermediate_size": Double(config.intermediateSize), "moe_intermediate_size": Double(config.moeIntermediateSize),
+            "shared_expert_intermediate_size": Double(config.sharedExpertIntermediateSize),
         ]
         var differences: [String] = []
         for (key, value) in ours.sorted(by: { $0.key < $1.key }) {
@@ -80,9 +83,10 @@ public final class GoldenFile {
             }
             if theirs != value { differences.append("\(key): Swift \(value), mlx-lm \(theirs)") }
         }
-        for key in ["tie_word_embeddings", "norm_topk_prob"] {
+        let flags = ["tie_word_embeddings": config.tieWordEmbeddings, "norm_topk_prob": config.normTopkProb,
+                     "attention_bias": config.attentionBias]
+        for (key, mine) in flags.sorted(by: { $0.key < $1.key }) {
             let theirs = (object[key] as? NSNumber)?.boolValue
-            let mine = key == "tie_word_embeddings" ? config.tieWordEmbeddings : config.normTopkProb
             if theirs != mine { differences.append("\(key): Swift \(mine), mlx-lm \(theirs.map(String.init) ?? "missing")") }
         }
         if let kinds = object["layer_types"] as? [String],

@@ -49,8 +49,8 @@ public enum GoldenParity {
     }
 
     public static func check(_ golden: GoldenFile, scenarios only: Set<String>? = nil) throws -> [ScenarioReport] {
-        let weights = try golden.weights()
         try golden.validate(only: only)
+        let weights = try golden.weights()
         var reports: [ScenarioReport] = []
         for scenario in try golden.scenarios() where only?.contains(scenario.name) ?? true {
             for reference in scenario.paths {

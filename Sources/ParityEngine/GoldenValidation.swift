@@ -11,6 +11,9 @@ extension GoldenFile {
     /// Validates the scenarios `only` names (all when nil); every name must exist.
     public func validate(only: Set<String>? = nil) throws {
         let all = try scenarios()
+        guard !all.isEmpty else {
+            throw GoldenError.invalid(file: path, path: "/scenarios", reason: "holds no scenarios; expected at least one group such as no_cache")
+        }
         if let only {
             let known = Set(all.map(\.name))
             if let missing = only.subtracting(known).sorted().first {
@@ -32,7 +35,11 @@ extension GoldenFile {
         let (B, T, Tc): (Int, Int, Int)
         switch scenario.kind {
         case .single:
-            let length = try promptTokens()[0].count
+            let prompt = try promptTokens()
+            guard prompt.count == 1 else {
+                throw GoldenError.invalid(file: path, path: "/inputs/token_ids", reason: "expected one prompt row [1, L], found \(prompt.count) rows")
+            }
+            let length = prompt[0].count
             guard scenario.calls.allSatisfy({ $0 <= length }), scenario.calls.reduce(0, +) == length else {
                 throw GoldenError.invalid(file: path, path: callsSite,
                     reason: "calls \(scenario.calls) must add up to the \(length) tokens of /inputs/token_ids")
