@@ -39,5 +39,7 @@ let package = Package(
         .testTarget(name: "ParityCoreTests", dependencies: ["ParityCore"]),
         .testTarget(name: "LMMirrorTests", dependencies: ["LMMirror", "ParityCore"]),
         .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO"]),
+        // Bad inputs through the built CLI; it spawns the binary `swift test` builds.
+        .testTarget(name: "ReliabilityTests", dependencies: ["GoldenIO"]),
     ]
 )

@@ -13,7 +13,15 @@ public struct QwenParity: ParsableCommand {
 /// Runs the mirrors on golden files and compares every traced layer and the logits.
 public struct Check: ParsableCommand {
     public static let configuration = CommandConfiguration(
-        abstract: "Run each golden's scenarios through the Swift mirrors and compare them layer by layer.")
+        abstract: "Run each golden's scenarios through the Swift mirrors and compare them layer by layer.",
+        discussion: """
+            Everything this command reports goes to standard output, in order: the tables, every \
+            scenario's verdict (an implementation that differs from itself between two runs is \
+            NONDETERMINISTIC and is not compared), and for an unreadable or invalid golden one line \
+            'ERROR <file>: <dataset or key>: <what was expected>'. Standard error is left to \
+            command-line usage errors. Exit status: 0 when every scenario passed, 1 otherwise \
+            (a failed comparison or an invalid file), 64 for a usage error.
+            """)
 
     @Argument(help: "Golden files (.h5) written by tools/make_golden.py.")
     var files: [String]
