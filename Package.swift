@@ -39,7 +39,9 @@ let package = Package(
         .testTarget(name: "ParityCoreTests", dependencies: ["ParityCore"]),
         .testTarget(name: "LMMirrorTests", dependencies: ["LMMirror", "ParityCore"]),
         .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO"]),
-        // Bad inputs through the built CLI; it spawns the binary `swift test` builds.
-        .testTarget(name: "ReliabilityTests", dependencies: ["GoldenIO"]),
+        // Bad inputs through the built CLI, and kill tests; they spawn products `swift test` builds.
+        .testTarget(name: "ReliabilityTests", dependencies: ["GoldenIO", "ParityEngine"]),
+        // Test-only: one AtomicFile.write, for the kill test to SIGKILL part-way.
+        .executableTarget(name: "atomic-write-probe", dependencies: ["ParityEngine"], path: "Tests/AtomicWriteProbe"),
     ]
 )

@@ -493,13 +493,50 @@ def write_golden(path: Path, meta: dict, weights: dict, inputs: Inputs, results:
             write_scenario(f, sc, result, shared)
 
 
+def temp_path(out: Path, pid: int) -> Path:
+    return out.parent / f".{out.name}.{pid}.tmp"
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Remove temp files of `out` whose writer is gone. A SIGKILL (or a power cut) leaves the
+    killed run's temp behind and nothing in that run can remove it, so every run sweeps them
+    first; a temp whose pid still runs belongs to a concurrent writer and is left alone."""
+    removed = []
+    pattern = re.compile(re.escape(f".{out.name}.") + r"([0-9]+)\.tmp")
+    for candidate in out.parent.iterdir():
+        m = pattern.fullmatch(candidate.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, someone else's
+        candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed
+
+
+def fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(out: Path, write) -> None:
-    """Write through a hidden temp file next to out, then rename onto out."""
+    """Write through a hidden temp file next to out, flush it, then rename onto out: at every
+    instant `out` is the previous golden or the complete new one, never a partial file."""
     # Not mkstemp: its 0600 mode would end up on the golden file; h5py honours the umask.
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    tmp = temp_path(out, os.getpid())
     try:
         write(tmp)
+        fsync_path(tmp)
         os.replace(tmp, out)
+        fsync_path(out.parent, directory=True)  # the rename itself, across a power cut
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -561,8 +598,9 @@ def parse_args(argv):
                     help="checkpoint-style config.json (flat, model_type qwen3_5 or qwen3_5_moe); "
                          "stored verbatim as /config raw_json")
     ap.add_argument("--out", required=True, type=Path,
-                    help="output .h5 path; written atomically (hidden temp file in the same "
-                         "directory, then renamed)")
+                    help="output .h5 path; written atomically (hidden temp file .NAME.PID.tmp in "
+                         "the same directory, flushed, then renamed; temps of killed runs are "
+                         "removed by the next run)")
     ap.add_argument("--seed", type=int, default=1234,
                     help="seed for the random weights and, via a separate stream, the token "
                          "ids (default: 1234)")
@@ -592,6 +630,8 @@ def generate(args) -> None:
     refuse_ci_regeneration(out)
     if not out.parent.is_dir():
         raise GoldenError(f"output directory does not exist: {out.parent}")
+    for stale in remove_stale_temps(out):
+        log(f"removed {stale.name}, left by an earlier run that was killed")
     if args.seed < 0:
         raise GoldenError("--seed must be >= 0")
     if args.prompt_length < MIN_PROMPT_LENGTH:
