@@ -6,6 +6,9 @@ CONFIGS := $(wildcard tools/configs/*.json)
 VENV := tools/.venv
 PYTHON := $(VENV)/bin/python
 APT_PACKAGES := libopenblas-dev libhdf5-dev pkg-config
+# Tests and the parity job share one optimised build: the mirrors' loops are ~80x slower
+# unoptimised, and -enable-testing lets the tests reach internal helpers.
+BUILD_FLAGS := -c release -Xswiftc -enable-testing
 
 .PHONY: deps test parity golden venv build clean
 
@@ -18,20 +21,20 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-## test: all tests (debug build), the bad-input corpus and the kill tests included. The golden
-## generator's kill test needs tools/.venv: made here when PyPI is reachable, else that one test
-## is skipped and says why.
+## test: all tests (optimised build), the bad-input corpus and the kill tests included. The
+## golden generator's kill test needs tools/.venv: made here when PyPI is reachable, else that
+## one test is skipped and says why.
 test: deps
 	@$(MAKE) --no-print-directory venv || echo "warning: could not create $(VENV); the generator kill test will be skipped"
-	$(SWIFT) test
+	$(SWIFT) test $(BUILD_FLAGS)
 
 build: deps
-	$(SWIFT) build -c release --product qwen-parity
+	$(SWIFT) build $(BUILD_FLAGS) --product qwen-parity
 
 ## parity: release build, then every golden (or GOLDEN=FILE) through the Swift mirrors
 parity: build
 	@test -n "$(GOLDEN)" || { echo "no golden files: run 'make golden' or pass GOLDEN=FILE"; exit 1; }
-	$$($(SWIFT) build -c release --show-bin-path)/qwen-parity check $(GOLDEN)
+	$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/qwen-parity check $(GOLDEN)
 
 ## golden: regenerate golden/*.h5 from the pinned reference packages (or CONFIG=FILE OUT=FILE)
 golden: venv

@@ -107,8 +107,9 @@ struct Attention {
                     var m = -Float.infinity
                     for j in 0..<T { m = max(m, scores[row + j]) }
                     var sum: Float = 0
-                    for j in 0..<T { scores[row + j] = Foundation.exp(scores[row + j] - m); sum += scores[row + j] }
-                    for j in 0..<T { scores[row + j] /= sum }
+                    for j in 0..<T { scores[row + j] = MLXMath.exp(scores[row + j] - m); sum += scores[row + j] }
+                    let inverse = 1 / sum
+                    for j in 0..<T { scores[row + j] *= inverse }
                 }
                 scores.withUnsafeBufferPointer { sp in
                     v.data.withUnsafeBufferPointer { vp in

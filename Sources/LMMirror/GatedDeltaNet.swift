@@ -69,7 +69,7 @@ struct GatedDeltaNet {
         for r in 0..<(B * S) {
             for h in 0..<Hv {
                 let i = r * Hv + h
-                g.data[i] = Foundation.exp(-Foundation.exp(aLog.data[h]) * Activation.softplus(a.data[i] + dtBias.data[h]))
+                g.data[i] = MLXMath.exp(-MLXMath.exp(aLog.data[h]) * Activation.softplus(a.data[i] + dtBias.data[h]))
             }
         }
         trace("beta", beta); trace("g", g)

@@ -11,9 +11,9 @@ struct Rope {
     init(dims: Int, base: Double) {
         self.dims = dims
         let half = dims / 2
-        // mlx computes exp(−i · ln(base)/(r/2)) in float32.
+        // mlx's CPU rope: exp(−i · ln(base)/(r/2)) in float32, with mlx's own exp.
         let step = Float(Foundation.log(base) / Double(half))
-        inverseFrequencies = (0..<half).map { Foundation.exp(-Float($0) * step) }
+        inverseFrequencies = (0..<half).map { MLXMath.exp(-Float($0) * step) }
     }
 
     /// Rotates `x` `[B, heads, L, hd]` in place; token `t` of row `b` sits at `offsets[b] + t`.
@@ -26,7 +26,7 @@ struct Rope {
                     let position = Float(offsets[b] + t)
                     for i in 0..<half {
                         let theta = position * inverseFrequencies[i]
-                        let c = Foundation.cos(theta), s = Foundation.sin(theta)
+                        let (s, c) = MLXMath.sinCos(theta)
                         for h in 0..<heads {
                             let base = ((b * heads + h) * L + t) * hd
                             let x1 = p[base + i], x2 = p[base + i + half]

@@ -10,45 +10,73 @@ public struct QwenParity: ParsableCommand {
     public init() {}
 }
 
-/// Runs the mirrors on golden files and compares every traced layer and the logits.
+/// Runs the declared invariants on golden files; golden parity prints a per-layer table.
 public struct Check: ParsableCommand {
     public static let configuration = CommandConfiguration(
-        abstract: "Run each golden's scenarios through the Swift mirrors and compare them layer by layer.",
+        abstract: "Run the invariants on golden files: golden parity layer by layer, then every schedule equivalence.",
         discussion: """
-            Everything this command reports goes to standard output, in order: the tables, every \
-            scenario's verdict (an implementation that differs from itself between two runs is \
-            NONDETERMINISTIC and is not compared), and for an unreadable or invalid golden one line \
-            'ERROR <file>: <dataset or key>: <what was expected>'. Standard error is left to \
-            command-line usage errors. Exit status: 0 when every scenario passed, 1 otherwise \
-            (a failed comparison or an invalid file), 64 for a usage error.
-            """)
+        Invariants: \(InvariantRegistry.all.map(\.id).joined(separator: ", ")).
+        Everything this command reports goes to standard output, in order: the tables, every \
+        verdict (an implementation that differs from itself between two runs is NONDETERMINISTIC \
+        and is not compared), and for an unreadable or invalid golden one line naming the file, \
+        the dataset or key and what was expected. Standard error is left to command-line usage \
+        errors (exit status 64). Exit status 1 when any invariant fails, errors or does not run.
+        """)
 
     @Argument(help: "Golden files (.h5) written by tools/make_golden.py.")
     var files: [String]
 
-    @Option(name: .long, help: "Only this scenario (repeatable).")
+    @Option(name: .long, help: "Only this golden scenario for golden parity (repeatable).")
     var scenario: [String] = []
+
+    @Option(name: .long, help: "Only this invariant (repeatable).")
+    var invariant: [String] = []
+
+    @Flag(name: .long, inversion: .prefixedNo, help: "Print the per-layer table of every golden-parity scenario.")
+    var layers = true
+
+    @Option(name: .long, help: "Folder for parity.json, parity-junit.xml and parity.md.")
+    var reportDir = "reports"
 
     public init() {}
 
+    public func validate() throws {
+        let known = Set(InvariantRegistry.all.map(\.id))
+        for id in invariant where !known.contains(id) {
+            throw ValidationError("unknown invariant '\(id)'; known: \(known.sorted().joined(separator: ", "))")
+        }
+    }
+
     public func run() throws {
-        var reports: [ScenarioReport] = []
-        var fileErrors = 0
+        var invariants = invariant.isEmpty ? nil : Set(invariant)
+        // A scenario filter is about golden parity; other invariants run only when named.
+        if !scenario.isEmpty && invariants == nil { invariants = ["golden-lm"] }
+        let scenarios = scenario.isEmpty ? nil : Set(scenario)
+        var rows: [InvariantRow] = []
         for path in files {
+            let started = Date()
             do {
                 let golden = try GoldenFile(path: path)
-                let started = Date()
-                let fileReports = try GoldenParity.check(golden, scenarios: scenario.isEmpty ? nil : Set(scenario))
-                for report in fileReports { print(TextReport.render(report)); print("") }
-                reports += fileReports
-                print(String(format: "%@: %d scenario runs in %.1f s\n", path, fileReports.count,
-                             Date().timeIntervalSince(started)))
+                if layers && (invariants?.contains("golden-lm") ?? true) {
+                    for report in try GoldenParity.check(golden, scenarios: scenarios) {
+                        print(TextReport.render(report))
+                        print("")
+                    }
+                }
+                rows += InvariantRegistry.run(golden, only: invariants, scenarios: scenarios)
             } catch {
-                fileErrors += 1
-                print("ERROR \(error)")
+                rows.append(.unreadable(path, error))
             }
+            print(String(format: "%@: done in %.1f s\n", path, Date().timeIntervalSince(started)))
         }
-        print(TextReport.summary(reports) + (fileErrors > 0 ? ", \(fileErrors) file(s) unreadable" : ""))
-        if fileErrors > 0 || !reports.allSatisfy(\.passed) || reports.isEmpty { throw ExitCode.failure }
+        print(TextReport.render(rows))
+        do {
+            try ReportFiles.write(rows, to: reportDir)
+            print("reports: \(reportDir)/parity.json, parity-junit.xml, parity.md")
+        } catch {
+            print("warning: could not write reports into \(reportDir): \(error)")
+        }
+        print(TextReport.summary(rows))
+        if rows.isEmpty || rows.contains(where: { $0.verdict != .pass }) { throw ExitCode.failure }
     }
 }

@@ -61,7 +61,7 @@ public enum Determinism {
     /// The row that leads a scenario report: `pass`, or `nondeterministic` naming what differed.
     static func row(_ mismatches: [Mismatch], of report: ScenarioReport) -> ParityRow {
         ParityRow(file: report.file, scenario: report.scenario.name, reference: report.reference,
-                  implementation: report.implementation, item: item, difference: nil, tolerance: 0,
+                  implementation: report.implementation, item: item, difference: nil, tolerance: .exact,
                   verdict: mismatches.isEmpty ? .pass : .nondeterministic,
                   note: mismatches.prefix(3).map(\.description).joined(separator: "; ")
                       + (mismatches.count > 3 ? "; … (\(mismatches.count) tensors)" : ""))

@@ -31,7 +31,7 @@ public enum TextReport {
             line += (d.map { format($0.meanAbs) } ?? "-").leftPadded(10)
             line += (d.map { format($0.relative) } ?? "-").leftPadded(10)
             line += "  " + row.verdict.rawValue
-            if row.verdict == .fail { line += " (tolerance \(format(row.tolerance)))" }
+            if row.verdict == .fail { line += " (tolerance \(row.tolerance))" }
             if !row.note.isEmpty { line += "  " + row.note }
             lines.append(line)
         }
@@ -40,6 +40,38 @@ public enum TextReport {
             lines.append("  reproduce: \(report.reproduce)")
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// One row per invariant × golden: tolerance class, measured value, verdict; failures add the
+    /// reproduce command.
+    public static func render(_ rows: [InvariantRow]) -> String {
+        var lines: [String] = []
+        let idWidth = max(10, rows.map(\.invariant.count).max() ?? 0)
+        let scenarioWidth = max(8, rows.map(\.scenario.count).max() ?? 0)
+        lines.append("invariant".padding(toLength: idWidth, withPad: " ", startingAt: 0) + "  "
+                     + "scenario".padding(toLength: scenarioWidth, withPad: " ", startingAt: 0)
+                     + "tolerance".leftPadded(11) + "max abs".leftPadded(10) + "differ".leftPadded(8) + "pairs".leftPadded(7) + "  verdict")
+        for row in rows {
+            var line = row.invariant.padding(toLength: idWidth, withPad: " ", startingAt: 0) + "  "
+                + row.scenario.padding(toLength: scenarioWidth, withPad: " ", startingAt: 0)
+                + "\(row.tolerance)".leftPadded(11)
+                + (row.worst.map { format($0.maxAbs) } ?? "-").leftPadded(10)
+                + (row.worst.map { "\($0.differingElements)" } ?? "-").leftPadded(8)
+                + "\(row.pairs)".leftPadded(7) + "  " + row.verdict.rawValue
+            if !row.detail.isEmpty { line += "  " + row.detail }
+            lines.append(line)
+            if row.verdict != .pass { lines.append("    reproduce: \(row.reproduce)") }
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// "N passed, M failed": skipped or never-run invariants count as failed.
+    public static func summary(_ rows: [InvariantRow]) -> String {
+        let passed = rows.filter { $0.verdict == .pass }.count
+        let notRun = rows.filter { $0.verdict == .notRun }.count
+        var text = "\(passed) passed, \(rows.count - passed) failed"
+        if notRun > 0 { text += " (\(notRun) not run, counted as failed)" }
+        return text
     }
 
     public static func summary(_ reports: [ScenarioReport]) -> String {

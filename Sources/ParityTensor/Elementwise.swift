@@ -3,12 +3,9 @@ import Foundation
 // Elementwise maths and reductions over the last axis, in float32 like the references.
 
 public enum Activation {
-    @inline(__always) public static func sigmoid(_ x: Float) -> Float { 1 / (1 + Foundation.exp(-x)) }
-    @inline(__always) public static func silu(_ x: Float) -> Float { x * sigmoid(x) }
-    /// `log(1 + eˣ)` written as `logaddexp(x, 0)`, stable for large |x|.
-    @inline(__always) public static func softplus(_ x: Float) -> Float {
-        max(x, 0) + Foundation.log1p(Foundation.exp(-abs(x)))
-    }
+    @inline(__always) public static func sigmoid(_ x: Float) -> Float { MLXMath.sigmoid(x) }
+    @inline(__always) public static func silu(_ x: Float) -> Float { MLXMath.silu(x) }
+    @inline(__always) public static func softplus(_ x: Float) -> Float { MLXMath.softplus(x) }
 }
 
 extension Tensor {
@@ -36,17 +33,18 @@ extension Tensor {
     }
 
     /// RMSNorm over the last axis as `mx.fast.rms_norm` computes it in float32:
-    /// `(x · rsqrt(mean(x²) + eps)) · w`, normalised first, then times the weight.
+    /// `(x · 1/sqrt(Σx² · (1/d) + eps)) · w`, summed in order, normalised first, then weighted.
     public func rmsNorm(weight: Tensor?, eps: Float) -> Tensor {
         let d = lastDim
         if let weight { precondition(weight.shape == [d], "[rmsNorm] weight \(weight.shape) for \(shape)") }
         var out = data
         let w = weight?.data
+        let reciprocal = Float(1 / Double(d))
         for r in 0..<rows {
             let base = r * d
             var sum: Float = 0
             for j in 0..<d { sum += data[base + j] * data[base + j] }
-            let inv = 1 / (sum / Float(d) + eps).squareRoot()
+            let inv = 1 / (sum * reciprocal + eps).squareRoot()
             if let w {
                 for j in 0..<d { out[base + j] = (data[base + j] * inv) * w[j] }
             } else {
@@ -56,7 +54,7 @@ extension Tensor {
         return Tensor(shape: shape, data: out)
     }
 
-    /// Softmax over the last axis (the max is subtracted first).
+    /// Softmax over the last axis as mlx's precise softmax: `e^(x − max) · (1 / Σ)`.
     public func softmax() -> Tensor {
         let d = lastDim
         var out = data
@@ -66,11 +64,12 @@ extension Tensor {
             for j in 0..<d { m = max(m, data[base + j]) }
             var sum: Float = 0
             for j in 0..<d {
-                let e = Foundation.exp(data[base + j] - m)
+                let e = MLXMath.exp(data[base + j] - m)
                 out[base + j] = e
                 sum += e
             }
-            for j in 0..<d { out[base + j] /= sum }
+            let inverse = 1 / sum
+            for j in 0..<d { out[base + j] *= inverse }
         }
         return Tensor(shape: shape, data: out)
     }

@@ -46,7 +46,7 @@ enum Classifier {
                 return clean.map { normalized(result.stdout, path: path) == $0 } == true ? .harmless : .unexpectedPass
             }
             if namedLine([]) { return .named }
-            let verdicts = lines.contains { $0.hasSuffix(")") && $0.contains(" FAIL (tolerance") || $0.contains("NONDETERMINISTIC") }
+            let verdicts = lines.contains { $0.contains(" FAIL") || $0.contains("NONDETERMINISTIC") }
             return verdicts && result.stdout.contains("reproduce: qwen-parity check \(path)") ? .parityFailure : .unnamed
         }
     }

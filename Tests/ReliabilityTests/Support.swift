@@ -82,6 +82,8 @@ enum Subprocess {
         let process = Process()
         process.executableURL = executable
         process.arguments = arguments
+        // Reports a run writes (check writes reports/ by default) land beside its output.
+        process.currentDirectoryURL = outputDirectory
         if let environment { process.environment = environment }
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = out

@@ -1,0 +1,232 @@
+import Foundation
+import LMMirror
+import ParityCore
+import ParityTensor
+
+// Declared equivalences: each invariant names what it compares, its tolerance class and the
+// goldens it runs on, declared once here and run by `qwen-parity check` / `make parity`.
+
+/// The implementations an invariant may run, built once per golden. Tests substitute faulty ones.
+public struct Implementations {
+    public var lm: QwenLanguageModel
+
+    public init(lm: QwenLanguageModel) { self.lm = lm }
+
+    public static func standard(config: TextConfig, weights: Weights) -> Implementations {
+        Implementations(lm: LMTextModel(config: config, weights: weights))
+    }
+}
+
+/// What an invariant runs on: a golden, the implementations, and an optional scenario filter.
+public struct InvariantContext {
+    public var golden: GoldenFile
+    public var implementations: Implementations
+    /// Golden scenarios to include (nil: all).
+    public var scenarios: Set<String>?
+}
+
+/// One compared pair inside an invariant run (e.g. "step 5" of a chunk sweep).
+public struct Measurement {
+    public var label: String
+    public var difference: Difference
+}
+
+public struct Invariant: Sendable {
+    /// Stable identifier, used on the command line (`--invariant`).
+    public let id: String
+    /// What is compared with what.
+    public let compares: String
+    public let tolerance: Tolerance
+    public let measure: @Sendable (InvariantContext) throws -> [Measurement]
+}
+
+public struct InvariantRow: Sendable {
+    public enum Verdict: String, Sendable { case pass = "ok", fail = "FAIL", notRun = "NOT RUN", error = "ERROR" }
+    public var invariant: String
+    public var compares: String
+    public var scenario: String
+    public var path: String
+    public var tolerance: Tolerance
+    /// The worst measurement, merged over all of this row's pairs.
+    public var worst: Difference?
+    public var worstLabel: String = ""
+    public var pairs: Int = 0
+    public var verdict: Verdict
+    public var detail: String = ""
+
+    public var reproduce: String { "qwen-parity check \(path) --invariant \(invariant)" }
+
+    /// A golden that could not be loaded at all: every invariant on it is an error.
+    public static func unreadable(_ path: String, _ error: Error) -> InvariantRow {
+        InvariantRow(invariant: "load", compares: "the golden file loads", scenario: path, path: path,
+                     tolerance: .exact, verdict: .error, detail: "\(error)")
+    }
+}
+
+public enum InvariantRegistry {
+    /// Every invariant, in report order.
+    public static let all: [Invariant] = [
+        Invariant(id: "golden-lm", compares: "lm mirror vs mlx-lm golden, every scenario, layer, logit and cache",
+                  tolerance: .exact, measure: goldenParity),
+        Invariant(id: "lm-uncached-vs-cached", compares: "lm mirror: no cache vs fresh prompt cache, whole prompt",
+                  tolerance: .exact, measure: uncachedVersusCached),
+        Invariant(id: "lm-prefill-vs-prefix-decode", compares: "lm mirror: whole prompt vs prefix then one-token decodes",
+                  tolerance: .exact, measure: prefillVersusPrefixDecode),
+        Invariant(id: "lm-chunked-sweep", compares: "lm mirror: whole prompt vs chunked prefill at every step 1…L (logits and caches)",
+                  tolerance: .exact, measure: chunkedSweep),
+        Invariant(id: "lm-batch-vs-single", compares: "lm mirror: left-padded batch (vector offsets) vs each row alone, prompt and decodes",
+                  tolerance: .exact, measure: batchVersusSingle),
+    ]
+
+    public static func run(_ golden: GoldenFile, only: Set<String>? = nil, scenarios: Set<String>? = nil,
+                           implementations: Implementations? = nil) -> [InvariantRow] {
+        let chosen = all.filter { only?.contains($0.id) ?? true }
+        let impls: Implementations
+        do {
+            impls = try implementations ?? .standard(config: golden.config, weights: golden.weights())
+        } catch {
+            return chosen.map { row($0, golden, verdict: .error, detail: "\(error)") }
+        }
+        return chosen.map { invariant in
+            do {
+                let measurements = try invariant.measure(InvariantContext(golden: golden, implementations: impls, scenarios: scenarios))
+                guard let first = measurements.first else {
+                    return row(invariant, golden, verdict: .notRun, detail: "nothing to compare in this golden")
+                }
+                var result = row(invariant, golden, verdict: .pass)
+                var worst = first.difference
+                result.worstLabel = first.label
+                for m in measurements.dropFirst() {
+                    if m.difference.maxAbs > worst.maxAbs || (m.difference.differingElements > 0 && worst.differingElements == 0) {
+                        result.worstLabel = m.label
+                    }
+                    worst = worst.merged(with: m.difference)
+                }
+                result.worst = worst
+                result.pairs = measurements.count
+                let failing = measurements.filter { !invariant.tolerance.accepts($0.difference) }
+                if !failing.isEmpty {
+                    result.verdict = .fail
+                    result.detail = "\(failing.count) of \(measurements.count) failing, first: \(failing[0].label)"
+                    if !worst.histogramText.isEmpty { result.detail += "; ULP histogram \(worst.histogramText)" }
+                }
+                return result
+            } catch {
+                return row(invariant, golden, verdict: .error, detail: "\(error)")
+            }
+        }
+    }
+
+    private static func row(_ invariant: Invariant, _ golden: GoldenFile, verdict: InvariantRow.Verdict,
+                            detail: String = "") -> InvariantRow {
+        InvariantRow(invariant: invariant.id, compares: invariant.compares, scenario: golden.name, path: golden.path,
+                     tolerance: invariant.tolerance, verdict: verdict, detail: detail)
+    }
+
+    // MARK: - Measurements
+
+    static func goldenParity(_ c: InvariantContext) throws -> [Measurement] {
+        var out: [Measurement] = []
+        let golden = c.golden
+        try golden.validate(only: c.scenarios)
+        for scenario in try golden.scenarios() where scenario.paths.contains("mlx_lm") && (c.scenarios?.contains(scenario.name) ?? true) {
+            let report = GoldenParity.checkScenario(golden, scenario, reference: "mlx_lm", model: c.implementations.lm, name: "lm mirror")
+            if let error = report.error { throw GoldenError.invalid(file: golden.path, path: "/scenarios/" + scenario.name, reason: error) }
+            for row in report.rows {
+                var d = row.difference ?? Difference()
+                // A row without numbers (the determinism self-check) counts only when it failed.
+                if row.difference == nil && row.verdict != .pass { d.differingElements = 1; d.maxAbs = .infinity }
+                out.append(Measurement(label: "\(scenario.name) \(row.item)", difference: d))
+            }
+        }
+        return out
+    }
+
+    static func prompt(_ golden: GoldenFile) throws -> [Int] {
+        guard let tokens = try golden.promptTokens().first, tokens.count >= 2 else {
+            throw GoldenError.invalid(file: golden.path, path: "/inputs/token_ids", reason: "needs a prompt of at least 2 tokens")
+        }
+        return tokens
+    }
+
+    static func uncachedVersusCached(_ c: InvariantContext) throws -> [Measurement] {
+        let (golden, impls) = (c.golden, c.implementations)
+        let tokens = try prompt(golden)
+        let uncached = try ScheduleRunner.run(impls.lm, .single(tokens: tokens, calls: [tokens.count], cached: false))
+        let cached = try ScheduleRunner.run(impls.lm, .single(tokens: tokens, calls: [tokens.count], cached: true))
+        return [Measurement(label: "logits", difference: .measure(cached.logits, uncached.logits)),
+                Measurement(label: "hidden states", difference: .measure(cached.hiddenStates, uncached.hiddenStates))]
+    }
+
+    static func prefillVersusPrefixDecode(_ c: InvariantContext) throws -> [Measurement] {
+        let (golden, impls) = (c.golden, c.implementations)
+        let tokens = try prompt(golden)
+        let whole = try ScheduleRunner.run(impls.lm, .single(tokens: tokens, calls: [tokens.count], cached: false))
+        var out: [Measurement] = []
+        for tail in [1, 4] where tail < tokens.count {
+            let calls = [tokens.count - tail] + Array(repeating: 1, count: tail)
+            let run = try ScheduleRunner.run(impls.lm, .single(tokens: tokens, calls: calls, cached: true))
+            out.append(Measurement(label: "prefix \(tokens.count - tail) + \(tail) decodes",
+                                   difference: .measure(run.logits, whole.logits)))
+        }
+        return out
+    }
+
+    static func chunkedSweep(_ c: InvariantContext) throws -> [Measurement] {
+        let (golden, impls) = (c.golden, c.implementations)
+        let tokens = try prompt(golden)
+        let whole = try ScheduleRunner.run(impls.lm, .single(tokens: tokens, calls: [tokens.count], cached: true))
+        var out: [Measurement] = []
+        for step in 1...tokens.count {
+            let calls = ScheduleRunner.generateCalls(promptLength: tokens.count, prefillStep: step)
+            let run = try ScheduleRunner.run(impls.lm, .single(tokens: tokens, calls: calls, cached: true))
+            out.append(Measurement(label: "step \(step) logits", difference: .measure(run.logits, whole.logits)))
+            out.append(Measurement(label: "step \(step) caches",
+                                   difference: cacheDifference(run.cacheAfterPrompt ?? [], whole.cacheAfterPrompt ?? [])))
+        }
+        return out
+    }
+
+    static func batchVersusSingle(_ c: InvariantContext) throws -> [Measurement] {
+        let (golden, impls) = (c.golden, c.implementations)
+        guard golden.file.exists("/inputs/batch/token_ids") else { return [] }
+        let rows = try golden.tokenRows("/inputs/batch/token_ids")
+        let padding = try golden.ints("/inputs/batch/left_padding", expectingRank: 1).values.map { Int($0) }
+        let decode = try golden.tokenRows("/inputs/batch/decode_tokens")
+        let batch = try ScheduleRunner.run(impls.lm, .batch(rows: rows, leftPadding: padding, decodeSteps: decode))
+        var out: [Measurement] = []
+        for (r, row) in rows.enumerated() {
+            let real = Array(row[padding[r]...]) + decode.map { $0[r] }
+            let calls = [row.count - padding[r]] + decode.map { _ in 1 }
+            let single = try ScheduleRunner.run(impls.lm, .single(tokens: real, calls: calls, cached: true))
+            let batchRow = batch.logits.slice(axis: 0, start: r, length: 1).slice(axis: 1, start: padding[r], length: real.count)
+            out.append(Measurement(label: "row \(r) (left padding \(padding[r]))", difference: .measure(batchRow, single.logits)))
+        }
+        return out
+    }
+
+    /// Compares two caches layer by layer; a missing or differently shaped tensor is a total mismatch.
+    static func cacheDifference(_ a: [LayerCache], _ b: [LayerCache]) -> Difference {
+        var total = Difference()
+        func add(_ x: Tensor?, _ y: Tensor?) {
+            guard let x, let y, x.shape == y.shape else {
+                total.differingElements += max(x?.count ?? 1, y?.count ?? 1)
+                total.maxAbs = .infinity
+                return
+            }
+            total = total.merged(with: .measure(x, y))
+        }
+        guard a.count == b.count else { total.differingElements = 1; total.maxAbs = .infinity; return total }
+        for (x, y) in zip(a, b) {
+            switch (x, y) {
+            case let (.attention(p), .attention(q)):
+                add(p.keys, q.keys); add(p.values, q.values)
+            case let (.deltaNet(p), .deltaNet(q)):
+                add(p.convState, q.convState); add(p.recurrentState, q.recurrentState)
+            default:
+                total.differingElements += 1; total.maxAbs = .infinity
+            }
+        }
+        return total
+    }
+}
