@@ -1,8 +1,13 @@
 # qwen-parity: logits parity between Swift mirrors of mlx-lm / mlx-vlm and golden tensors.
 SHELL := /bin/bash
 SWIFT ?= swift
-GOLDEN ?= $(wildcard golden/*.h5)
+# Committed checkpoint directories, NAME:KIND -> golden/checkpoints/NAME-KIND/ (from
+# tools/configs/NAME.json; KIND bf16 or q4, see tools/make_golden.py --help).
+CHECKPOINTS := tiny-dense:q4 tiny-dense:bf16
+GOLDEN ?= $(wildcard golden/*.h5) $(wildcard golden/checkpoints/*/parity.h5)
 CONFIGS := $(wildcard tools/configs/*.json)
+# Why a regeneration changes goldens; required when one does (make golden REASON="...").
+REASON_ARG := $(if $(REASON),--reason "$(REASON)")
 VENV := tools/.venv
 PYTHON := $(VENV)/bin/python
 APT_PACKAGES := libopenblas-dev libhdf5-dev pkg-config
@@ -10,7 +15,7 @@ APT_PACKAGES := libopenblas-dev libhdf5-dev pkg-config
 # unoptimised, and -enable-testing lets the tests reach internal helpers.
 BUILD_FLAGS := -c release -Xswiftc -enable-testing
 
-.PHONY: deps test parity golden venv build clean
+.PHONY: deps test parity golden golden-check test-tools venv build clean
 
 ## deps: install the system libraries (OpenBLAS, HDF5, pkg-config) with apt-get when missing
 deps:
@@ -31,27 +36,46 @@ test: deps
 build: deps
 	$(SWIFT) build $(BUILD_FLAGS) --product qwen-parity
 
-## parity: release build, then every golden (or GOLDEN=FILE) through the Swift mirrors
+## parity: release build, then every golden (or GOLDEN=FILE) through the Swift mirrors:
+## golden/*.h5 and the checkpoint directories' golden/checkpoints/*/parity.h5
 parity: build
 	@test -n "$(GOLDEN)" || { echo "no golden files: run 'make golden' or pass GOLDEN=FILE"; exit 1; }
 	$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/qwen-parity check $(GOLDEN)
 
-## golden: regenerate golden/*.h5 from the pinned reference packages (or CONFIG=FILE OUT=FILE)
+## golden: regenerate golden/*.h5 and golden/checkpoints/* from the pinned reference packages
+## (or one golden: CONFIG=FILE [OUT=FILE]); a change needs REASON="..." (kept in history_json)
 golden: venv
 ifdef CONFIG
-	$(PYTHON) tools/make_golden.py --config $(CONFIG) --out $(or $(OUT),golden/$(basename $(notdir $(CONFIG))).h5)
+	$(PYTHON) tools/make_golden.py --config $(CONFIG) --out $(or $(OUT),golden/$(basename $(notdir $(CONFIG))).h5) $(REASON_ARG)
 else
 	@for c in $(CONFIGS); do \
 	  out=golden/$$(basename $$c .json).h5; echo "== $$c -> $$out"; \
-	  $(PYTHON) tools/make_golden.py --config $$c --out $$out || exit 1; \
+	  $(PYTHON) tools/make_golden.py --config $$c --out $$out $(REASON_ARG) || exit 1; \
+	done
+	@mkdir -p golden/checkpoints; for spec in $(CHECKPOINTS); do \
+	  name=$${spec%%:*}; kind=$${spec##*:}; out=golden/checkpoints/$$name-$$kind; \
+	  echo "== tools/configs/$$name.json ($$kind) -> $$out/"; \
+	  $(PYTHON) tools/make_golden.py --config tools/configs/$$name.json --make-checkpoint $$kind \
+	    --out $$out $(REASON_ARG) || exit 1; \
 	done
 endif
+
+## golden-check: regenerate every committed golden in a temp folder and compare bit for bit
+golden-check: venv
+	$(PYTHON) tools/golden_check.py --checkpoints "$(CHECKPOINTS)"
+
+## test-tools: tests of the golden tools (review/history, freshness check, atomic writes)
+test-tools: venv
+	$(PYTHON) -m unittest discover -s tools -p "test_*.py" -v
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: tools/requirements.txt
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r tools/requirements.txt
+	@# uv (from PyPI) downloads in parallel: about 10 s for the pinned set, where pip alone takes
+	@# 1.5-3 min on this network. pip remains the fallback; both install the same pins.
+	$(VENV)/bin/pip install -q uv && $(if $(PIP_CERT),SSL_CERT_FILE=$(PIP_CERT)) \
+	  $(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -r tools/requirements.txt \
+	  || $(VENV)/bin/pip install -q -r tools/requirements.txt
 	touch $@
 
 clean:

@@ -25,8 +25,10 @@ let package = Package(
         .target(name: "ParityCore", dependencies: ["ParityTensor", "GoldenIO"]),
         // Mirror of mlx-lm's text path.
         .target(name: "LMMirror", dependencies: ["ParityCore", "ParityTensor"]),
-        // Scenarios, invariants, tolerances, reports.
-        .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror"]),
+        // MLX model directories: safetensors, bf16/f16 widening, affine dequantization, sanitize.
+        .target(name: "Checkpoint", dependencies: ["ParityCore", "ParityTensor"]),
+        // Scenarios, invariants, tolerances, reports, golden provenance.
+        .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror", "Checkpoint"]),
         // Command-line commands (the executable only calls into this).
         .target(name: "ParityCLI", dependencies: [
             "ParityEngine",
@@ -38,7 +40,8 @@ let package = Package(
         .testTarget(name: "GoldenIOTests", dependencies: ["GoldenIO"]),
         .testTarget(name: "ParityCoreTests", dependencies: ["ParityCore"]),
         .testTarget(name: "LMMirrorTests", dependencies: ["LMMirror", "ParityCore"]),
-        .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO"]),
+        .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO", "Checkpoint"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "ParityCore", "ParityTensor"]),
         // Bad inputs through the built CLI, and kill tests; they spawn products `swift test` builds.
         .testTarget(name: "ReliabilityTests", dependencies: ["GoldenIO", "ParityEngine"]),
         // Test-only: one AtomicFile.write, for the kill test to SIGKILL part-way.

@@ -10,21 +10,40 @@ public struct QwenParity: ParsableCommand {
     public init() {}
 }
 
-/// Runs the declared invariants on golden files; golden parity prints a per-layer table.
+/// Runs the mirrors on golden files and compares every traced layer and the logits.
 public struct Check: ParsableCommand {
     public static let configuration = CommandConfiguration(
         abstract: "Run the invariants on golden files: golden parity layer by layer, then every schedule equivalence.",
         discussion: """
-        Invariants: \(InvariantRegistry.all.map(\.id).joined(separator: ", ")).
-        Everything this command reports goes to standard output, in order: the tables, every \
-        verdict (an implementation that differs from itself between two runs is NONDETERMINISTIC \
-        and is not compared), and for an unreadable or invalid golden one line naming the file, \
-        the dataset or key and what was expected. Standard error is left to command-line usage \
-        errors (exit status 64). Exit status 1 when any invariant fails, errors or does not run.
-        """)
+            Invariants: \(InvariantRegistry.all.map(\.id).joined(separator: ", ")). Each row of the \
+            final table is one invariant on one golden, with its tolerance class (exact, ulp(k), \
+            atol(x)), the measured value and a verdict; an invariant that runs on no golden at all \
+            is NOT RUN and counts as failed. Golden parity runs every scenario twice first: an \
+            implementation that differs from itself is NONDETERMINISTIC and is not compared.
 
-    @Argument(help: "Golden files (.h5) written by tools/make_golden.py.")
-    var files: [String]
+            Before anything is compared, each golden's provenance is checked: the sha256 of the \
+            generator that wrote it against tools/make_golden.py, the reference versions against \
+            the pins in tools/requirements.txt (both found by walking up from the golden, or given \
+            with --generator / --requirements) and, for goldens made from an MLX model directory, \
+            the sha256 of the directory's files. A golden that fails any of these is STALE: its \
+            scenarios are not run, what changed is listed, and the exit status is 3 (unless \
+            something also failed, which gives 1). Regenerate it with 'make golden'.
+
+            MLX model directories (config.json + model*.safetensors as mlx-lm saves them, bf16 or \
+            affine-quantized): 'check DIR' or 'check --model DIR' checks the golden DIR/parity.h5 \
+            written by 'make_golden.py --make-checkpoint' with the weights loaded from DIR; with \
+            golden files given, '--model DIR' replaces the directory recorded in those goldens \
+            (e.g. one made with 'make_golden.py --from-model DIR --out FILE').
+
+            Everything this command reports goes to standard output, in order; an unreadable or \
+            invalid golden is one ERROR row naming the file, the dataset or key and what was \
+            expected. Standard error is left to command-line usage errors. Exit status: 0 all \
+            passed, 1 a comparison failed or a file could not be read, 3 no failure but a golden \
+            is stale, 64 a usage error.
+            """)
+
+    @Argument(help: "Golden files (.h5) written by tools/make_golden.py, or MLX model directories holding a parity.h5.")
+    var files: [String] = []
 
     @Option(name: .long, help: "Only this golden scenario for golden parity (repeatable).")
     var scenario: [String] = []
@@ -38,6 +57,18 @@ public struct Check: ParsableCommand {
     @Option(name: .long, help: "Folder for parity.json, parity-junit.xml and parity.md.")
     var reportDir = "reports"
 
+    @Option(name: .long, help: "An MLX model directory (repeatable; see the discussion).")
+    var model: [String] = []
+
+    @Option(name: .long, help: "The generator whose sha256 goldens must carry (default: tools/make_golden.py above the golden).")
+    var generator: String?
+
+    @Option(name: .long, help: "The requirements file with the reference pins (default: tools/requirements.txt above the golden).")
+    var requirements: String?
+
+    @Flag(name: .long, help: "Compare stale goldens anyway (still reported stale, still exit 3).")
+    var ignoreStale = false
+
     public init() {}
 
     public func validate() throws {
@@ -45,6 +76,28 @@ public struct Check: ParsableCommand {
         for id in invariant where !known.contains(id) {
             throw ValidationError("unknown invariant '\(id)'; known: \(known.sorted().joined(separator: ", "))")
         }
+        if files.isEmpty && model.isEmpty { throw ValidationError("give golden files or model directories, or --model DIR") }
+        if files.contains(where: { !isDirectory($0) }) && model.count > 1 {
+            throw ValidationError("with golden files, --model replaces their model directory: give it once")
+        }
+    }
+
+    private func isDirectory(_ path: String) -> Bool {
+        var directory: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path, isDirectory: &directory) && directory.boolValue
+    }
+
+    /// (golden, model directory) pairs: a directory argument or a lone --model DIR means
+    /// DIR/parity.h5 with DIR's weights; a golden file takes --model as its directory override.
+    private func targets() -> [(golden: String, modelDirectory: String?)] {
+        let goldenFiles = files.filter { !isDirectory($0) }
+        let inDirectory = { (dir: String) in (URL(fileURLWithPath: dir).appendingPathComponent("parity.h5").path, Optional(dir)) }
+        var out: [(String, String?)] = []
+        for path in files {
+            out.append(isDirectory(path) ? inDirectory(path) : (path, goldenFiles.isEmpty ? nil : model.first))
+        }
+        if goldenFiles.isEmpty { out += model.map(inDirectory) }
+        return out
     }
 
     public func run() throws {
@@ -53,22 +106,35 @@ public struct Check: ParsableCommand {
         if !scenario.isEmpty && invariants == nil { invariants = ["golden-lm"] }
         let scenarios = scenario.isEmpty ? nil : Set(scenario)
         var rows: [InvariantRow] = []
-        for path in files {
+        var staleFiles = 0
+        for (path, modelDirectory) in targets() {
             let started = Date()
             do {
                 let golden = try GoldenFile(path: path)
+                let sources = FreshnessSources.locate(for: path, explicit: .init(generator: generator, requirements: requirements))
+                let freshness = Freshness.check(golden.provenance, sources: sources,
+                                                modelDirectory: golden.modelDirectory(override: modelDirectory))
+                for note in freshness.unverified { print("note: \(path): \(note)") }
+                if freshness.isStale {
+                    staleFiles += 1
+                    print("STALE \(path): the golden no longer matches what the repository would generate:")
+                    for change in freshness.changes { print("  - \(change)") }
+                    print("  regenerate: make golden (then review and commit), or compare anyway with --ignore-stale\n")
+                    if !ignoreStale { continue }
+                }
                 if layers && (invariants?.contains("golden-lm") ?? true) {
-                    for report in try GoldenParity.check(golden, scenarios: scenarios) {
+                    for report in try GoldenParity.check(golden, scenarios: scenarios, modelDirectory: modelDirectory) {
                         print(TextReport.render(report))
                         print("")
                     }
                 }
-                rows += InvariantRegistry.run(golden, only: invariants, scenarios: scenarios)
+                rows += InvariantRegistry.run(golden, only: invariants, scenarios: scenarios, modelDirectory: modelDirectory)
             } catch {
                 rows.append(.unreadable(path, error))
             }
             print(String(format: "%@: done in %.1f s\n", path, Date().timeIntervalSince(started)))
         }
+        rows += InvariantRegistry.coverage(rows, only: invariants)
         print(TextReport.render(rows))
         do {
             try ReportFiles.write(rows, to: reportDir)
@@ -77,6 +143,8 @@ public struct Check: ParsableCommand {
             print("warning: could not write reports into \(reportDir): \(error)")
         }
         print(TextReport.summary(rows))
-        if rows.isEmpty || rows.contains(where: { $0.verdict != .pass }) { throw ExitCode.failure }
+        if staleFiles > 0 { print("\(staleFiles) golden file(s) STALE (not a pass)") }
+        if rows.contains(where: { $0.verdict != .pass }) || (rows.isEmpty && staleFiles == 0) { throw ExitCode.failure }
+        if staleFiles > 0 { throw ExitCode(3) }
     }
 }

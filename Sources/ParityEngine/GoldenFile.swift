@@ -1,3 +1,4 @@
+import Checkpoint
 import Foundation
 import GoldenIO
 import ParityCore
@@ -7,13 +8,16 @@ import ParityTensor
 
 public enum GoldenError: Error, CustomStringConvertible {
     case unknownFormat(file: String, version: Int, supported: Int)
+    case noFormatVersion(file: String)
     case invalid(file: String, path: String, reason: String)
     case configDisagrees(file: String, differences: [String])
 
     public var description: String {
         switch self {
         case let .unknownFormat(file, version, supported):
-            return "\(file): golden format_version \(version) is not known to this harness (it reads \(supported)); update qwen-parity or regenerate"
+            return "\(file): golden format_version \(version) is not known to this harness (it reads \(supported)); update qwen-parity or regenerate the golden with this repository's tools/make_golden.py"
+        case let .noFormatVersion(file):
+            return "\(file): no root attribute format_version: not a golden written by tools/make_golden.py"
         case let .invalid(file, path, reason): return "\(file): \(path): \(reason)"
         case let .configDisagrees(file, differences):
             return "\(file): /config effective_json: what mlx-lm ran differs from /config raw_json as Swift resolves it: "
@@ -41,20 +45,29 @@ public final class GoldenFile {
     public let file: H5File
     public let config: TextConfig
     public let rawConfigJSON: String
+    public let provenance: GoldenProvenance
 
     public init(path: String) throws {
         self.path = path
         file = try H5File.open(path)
+        // The version is checked before anything else is read: a newer layout may differ anywhere.
+        guard file.hasAttribute("format_version", of: "/") else { throw GoldenError.noFormatVersion(file: path) }
         let version = try file.intAttribute("format_version", of: "/")
         guard version == Self.supportedFormatVersion else {
             throw GoldenError.unknownFormat(file: path, version: version, supported: Self.supportedFormatVersion)
         }
+        provenance = try GoldenProvenance.read(file, path: path)
         rawConfigJSON = try file.stringAttribute("raw_json", of: "/config")
         config = try TextConfig.mlxLM(json: Data(rawConfigJSON.utf8), source: "\(path): /config raw_json")
         try checkEffectiveConfig()
     }
 
-    public var name: String { URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent }
+    /// The golden's display name: the file name, or for a model directory's parity.h5 the directory's.
+    public var name: String {
+        let url = URL(fileURLWithPath: path)
+        if url.lastPathComponent == "parity.h5" { return url.deletingLastPathComponent().lastPathComponent }
+        return url.deletingPathExtension().lastPathComponent
+    }
 
     /// The library recorded what it actually ran; Swift's resolution must agree field by field.
     private func checkEffectiveConfig() throws {
@@ -96,7 +109,31 @@ public final class GoldenFile {
         guard differences.isEmpty else { throw GoldenError.configDisagrees(file: path, differences: differences) }
     }
 
-    public func weights() throws -> Weights {
+    /// Whether the weights live in an MLX model directory instead of /weights.
+    public var usesModelDirectory: Bool { provenance.weightsSource == "model_dir" }
+
+    /// The model directory of a model_dir golden: `override`, or the recorded directory
+    /// resolved against the golden's folder.
+    public func modelDirectory(override: String? = nil) -> String? {
+        guard usesModelDirectory else { return nil }
+        if let override { return override }
+        guard let relative = provenance.modelDirectory else { return nil }
+        if relative.hasPrefix("/") { return relative }
+        return URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent(relative).standardizedFileURL.path
+    }
+
+    /// The runtime weights: /weights, or the model directory loaded as mlx-lm loads it.
+    public func weights(modelDirectory override: String? = nil) throws -> Weights {
+        if usesModelDirectory {
+            guard let dir = modelDirectory(override: override) else {
+                throw GoldenError.invalid(file: path, path: "/ model_dir", reason: "a model_dir golden without model_dir; pass --model DIR")
+            }
+            let model = try ModelDirectory(path: dir)
+            guard model.config == config else {
+                throw GoldenError.configDisagrees(file: path, differences: ["\(dir)/config.json resolves differently from the golden's /config raw_json"])
+            }
+            return model.weights
+        }
         var tensors: [String: Tensor] = [:]
         for name in try file.children(of: "/weights") {
             tensors[name] = try tensor("/weights/" + name)

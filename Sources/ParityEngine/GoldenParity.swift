@@ -29,10 +29,23 @@ public struct ScenarioReport: Sendable {
     public var rows: [ParityRow]
     public var error: String?
 
-    public var passed: Bool { error == nil && rows.allSatisfy { $0.verdict == .pass } }
+    public var passed: Bool { error == nil && stale.isEmpty && rows.allSatisfy { $0.verdict == .pass } }
+    /// Why the golden is stale (then nothing was compared); empty when fresh.
+    public var stale: [String] = []
     /// The first hidden-state row past the tolerance: where the two paths part.
     public var firstDivergence: ParityRow? { rows.first { $0.verdict != .pass } }
     public var reproduce: String { "qwen-parity check \(path) --scenario \(scenario.name)" }
+
+    public init(file: String, path: String, scenario: GoldenScenario, reference: String, implementation: String,
+                rows: [ParityRow], error: String? = nil) {
+        self.file = file
+        self.path = path
+        self.scenario = scenario
+        self.reference = reference
+        self.implementation = implementation
+        self.rows = rows
+        self.error = error
+    }
 }
 
 public enum GoldenParity {
@@ -40,20 +53,28 @@ public enum GoldenParity {
     /// mlx's own exp/sin/cos), so it must match bit for bit. A path computed in a different
     /// order gets 2e-5: mlx-lm itself is 4e-6..1e-5 from a float64 reference.
     public static func tolerance(for reference: String) -> Tolerance {
-        reference == "mlx_lm" ? .exact : .atol(2e-5)
+        reference == "mlx_lm" || reference == "mlx_lm_f32" ? .exact : .atol(2e-5)
     }
+
+    /// The float32 twin of a reference path in model-directory goldens: the same model after
+    /// mlx_lm.utils.dequantize_model and a float32 cast (docs/golden-format.md).
+    public static let float32Twin = ["mlx_lm": "mlx_lm_f32"]
+
+    /// Reference paths the lm mirror reproduces.
+    public static let mirroredByLM: Set<String> = ["mlx_lm", "mlx_lm_f32"]
 
     /// The implementation that mirrors a reference path stored in the goldens.
     static func implementation(for reference: String, config: TextConfig, weights: Weights) -> (String, QwenLanguageModel)? {
         switch reference {
-        case "mlx_lm": return ("lm mirror", LMTextModel(config: config, weights: weights))
+        case "mlx_lm", "mlx_lm_f32": return ("lm mirror", LMTextModel(config: config, weights: weights))
         default: return nil
         }
     }
 
-    public static func check(_ golden: GoldenFile, scenarios only: Set<String>? = nil) throws -> [ScenarioReport] {
+    public static func check(_ golden: GoldenFile, scenarios only: Set<String>? = nil,
+                             modelDirectory: String? = nil) throws -> [ScenarioReport] {
         try golden.validate(only: only)
-        let weights = try golden.weights()
+        let weights = try golden.weights(modelDirectory: modelDirectory)
         var reports: [ScenarioReport] = []
         for scenario in try golden.scenarios() where only?.contains(scenario.name) ?? true {
             for reference in scenario.paths {
@@ -121,38 +142,63 @@ public enum GoldenParity {
         if case .batch(_, let p, _) = input { padding = p }
         let isValid: (Int, Int) -> Bool = { b, t in padding.isEmpty || t >= padding[b] }
         var rows: [ParityRow] = []
-        let tolerance = tolerance(for: reference)
-        func add(_ item: String, _ actual: Tensor, _ expected: Tensor, filter: ((Int) -> Bool)?) {
+        // A reference run in bf16/f16 activations is held to the bound its own float32 twin sets:
+        // Swift computes in float32, so it cannot be closer to the bf16 run than mlx's float32 run
+        // of the same weights is. Per item: atol(2e-5 + |bf16 − float32 twin|).
+        let twin = golden.provenance.dtype != "float32" ? float32Twin[reference] : nil
+        let twinBase = twin.flatMap { scenario.paths.contains($0) ? "/scenarios/\(scenario.name)/\($0)" : nil }
+        func add(_ item: String, _ actual: Tensor, _ expected: Tensor, twin twinValue: Tensor? = nil,
+                 filter: ((Int) -> Bool)?) {
             let d = Difference.measure(actual, expected, include: filter)
-            let pass = tolerance.accepts(d)
+            var bound = tolerance(for: reference)
+            var note = ""
+            if let twinValue {
+                let gap = Difference.measure(twinValue, expected, include: filter).maxAbs
+                bound = .atol(2e-5 + gap)
+                note = "bound: \(twin ?? "") gap \(TextReport.format(gap)) + 2e-5"
+            }
+            let pass = bound.accepts(d)
+            if d.nonFinite > 0 { note = "\(d.nonFinite) non-finite element(s)" }
+            else if !pass && d.differingElements > 0 { note += (note.isEmpty ? "" : "; ") + "\(d.differingElements) differ, ULP \(d.histogramText)" }
             rows.append(ParityRow(file: golden.name, scenario: scenario.name, reference: reference,
-                                  implementation: implementation, item: item, difference: d, tolerance: tolerance,
-                                  verdict: pass ? .pass : .fail,
-                                  note: d.nonFinite > 0 ? "\(d.nonFinite) non-finite element(s)"
-                                      : (pass || d.differingElements == 0 ? "" : "\(d.differingElements) differ, ULP \(d.histogramText)")))
+                                  implementation: implementation, item: item, difference: d, tolerance: bound,
+                                  verdict: pass ? .pass : .fail, note: note))
         }
-        /// The golden tensor for `actual`, or nil after recording a failing row when the shapes differ.
-        func goldenTensor(_ item: String, _ dataset: String, like actual: Tensor) throws -> Tensor? {
+        /// The golden tensor for `actual` (and its float32 twin), or nil after recording a failing
+        /// row when the shapes differ.
+        func goldenTensor(_ item: String, _ dataset: String, like actual: Tensor) throws -> (Tensor, Tensor?)? {
             let expected = try golden.tensor(dataset)
             guard expected.shape == actual.shape else {
                 rows.append(ParityRow(file: golden.name, scenario: scenario.name, reference: reference,
-                                      implementation: implementation, item: item, difference: nil, tolerance: tolerance,
-                                      verdict: .fail, note: "shape: the run produced \(actual.shape), \(dataset) holds \(expected.shape)"))
+                                      implementation: implementation, item: item, difference: nil,
+                                      tolerance: tolerance(for: reference), verdict: .fail,
+                                      note: "shape: the run produced \(actual.shape), \(dataset) holds \(expected.shape)"))
                 return nil
             }
-            return expected
+            var twinTensor: Tensor?
+            if let twinBase {
+                let twinPath = twinBase + dataset.dropFirst(base.count)
+                let t = try golden.tensor(twinPath)
+                guard t.shape == expected.shape else {
+                    throw GoldenError.invalid(file: golden.path, path: twinPath, reason: "shape \(t.shape), expected \(expected.shape)")
+                }
+                twinTensor = t
+            }
+            return (expected, twinTensor)
         }
         func compare(_ item: String, _ actual: Tensor, _ dataset: String, filter: ((Int) -> Bool)?) throws {
-            if let expected = try goldenTensor(item, dataset, like: actual) { add(item, actual, expected, filter: filter) }
+            if let (expected, twinValue) = try goldenTensor(item, dataset, like: actual) {
+                add(item, actual, expected, twin: twinValue, filter: filter)
+            }
         }
 
         let perLayer = Array(result.hiddenStates.shape.dropFirst())
         let layerFilter = Difference.positionFilter(shape: perLayer, batchAxis: 0, timeAxis: 1, keep: isValid)
-        if let hidden = try goldenTensor("hidden states", base + "/hidden_states", like: result.hiddenStates) {
+        if let (hidden, hiddenTwin) = try goldenTensor("hidden states", base + "/hidden_states", like: result.hiddenStates) {
+            func layer(_ t: Tensor, _ i: Int) -> Tensor { t.slice(axis: 0, start: i, length: 1).reshaped(perLayer) }
             for i in 0..<hidden.shape[0] {
-                add(i == 0 ? "embeddings" : "layer \(i - 1)",
-                    result.hiddenStates.slice(axis: 0, start: i, length: 1).reshaped(perLayer),
-                    hidden.slice(axis: 0, start: i, length: 1).reshaped(perLayer), filter: layerFilter)
+                add(i == 0 ? "embeddings" : "layer \(i - 1)", layer(result.hiddenStates, i), layer(hidden, i),
+                    twin: hiddenTwin.map { layer($0, i) }, filter: layerFilter)
             }
         }
         try compare("final norm", result.finalNorm, base + "/final_norm", filter: layerFilter)

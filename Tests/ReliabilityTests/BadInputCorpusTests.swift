@@ -46,6 +46,8 @@ enum Classifier {
                 return clean.map { normalized(result.stdout, path: path) == $0 } == true ? .harmless : .unexpectedPass
             }
             if namedLine([]) { return .named }
+            // A flip in the recorded provenance can make the golden STALE (exit 3), which names it.
+            if status == 3 && lines.contains(where: { $0.contains("STALE") && $0.contains(path) }) { return .named }
             let verdicts = lines.contains { $0.contains(" FAIL") || $0.contains("NONDETERMINISTIC") }
             return verdicts && result.stdout.contains("reproduce: qwen-parity check \(path)") ? .parityFailure : .unnamed
         }

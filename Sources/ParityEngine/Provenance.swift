@@ -1,0 +1,156 @@
+import Checkpoint
+import Foundation
+import GoldenIO
+
+// How a golden was made (root attributes written by tools/make_golden.py) and whether it is
+// still what the repository would make today. A stale golden is not compared: its logits may
+// differ because the generator, the pinned reference or the model files changed, and that is
+// not a parity failure of the Swift code.
+
+public struct GoldenProvenance: Sendable, Equatable {
+    /// Package → version as recorded (keys "mlx", "mlx_lm", "mlx_vlm", "python", "numpy", "h5py").
+    public var versions: [String: String]
+    public var generator: String
+    public var generatorSHA256: String
+    public var seed: Int?
+    /// "random" (weights stored in the file) or "model_dir" (weights in a model directory).
+    public var weightsSource: String
+    /// For model_dir goldens: the directory, relative to the golden's folder.
+    public var modelDirectory: String?
+    /// For model_dir goldens: file name → sha256 of config.json and every model*.safetensors.
+    public var modelFiles: [String: String]
+    /// Activation dtype of the mlx_lm path ("float32", "bfloat16").
+    public var dtype: String
+    public var history: [HistoryEntry]
+
+    public struct HistoryEntry: Sendable, Equatable, Decodable {
+        public var date: String
+        public var reason: String
+        public var generatorSHA256: String?
+        enum CodingKeys: String, CodingKey {
+            case date, reason
+            case generatorSHA256 = "generator_sha256"
+        }
+    }
+
+    static func read(_ file: H5File, path: String) throws -> GoldenProvenance {
+        func text(_ name: String) throws -> String { try file.stringAttribute(name, of: "/") }
+        func json<T: Decodable>(_ name: String, _ type: T.Type) throws -> T {
+            let raw = try text(name)
+            do { return try JSONDecoder().decode(T.self, from: Data(raw.utf8)) } catch {
+                throw GoldenError.invalid(file: path, path: "/ \(name)", reason: "not the expected JSON: \(raw.prefix(80))")
+            }
+        }
+        let source = file.hasAttribute("weights_source", of: "/") ? try text("weights_source") : "random"
+        let modelFiles = file.hasAttribute("model_files_json", of: "/") ? try json("model_files_json", [String: String].self) : [:]
+        return GoldenProvenance(
+            versions: try json("versions_json", [String: String].self),
+            generator: try text("generator"),
+            generatorSHA256: try text("generator_sha256"),
+            seed: try? file.intAttribute("weights_seed", of: "/"),
+            weightsSource: source,
+            modelDirectory: file.hasAttribute("model_dir", of: "/") ? try text("model_dir") : nil,
+            modelFiles: modelFiles,
+            dtype: (try? text("dtype")) ?? "float32",
+            history: file.hasAttribute("history_json", of: "/") ? try json("history_json", [HistoryEntry].self) : [])
+    }
+}
+
+/// Where to find what a golden's provenance is checked against.
+public struct FreshnessSources: Sendable {
+    /// tools/make_golden.py of the repository the goldens belong to.
+    public var generator: String?
+    /// tools/requirements.txt with the exact pins.
+    public var requirements: String?
+
+    public init(generator: String? = nil, requirements: String? = nil) {
+        self.generator = generator
+        self.requirements = requirements
+    }
+
+    /// The repository copies found by walking up from the golden's folder (at most 5 levels)
+    /// to a folder holding tools/make_golden.py; explicit paths win.
+    public static func locate(for goldenPath: String, explicit: FreshnessSources = .init()) -> FreshnessSources {
+        var found = explicit
+        var dir = URL(fileURLWithPath: goldenPath).standardizedFileURL.deletingLastPathComponent()
+        for _ in 0..<6 {
+            let tools = dir.appendingPathComponent("tools")
+            let generator = tools.appendingPathComponent("make_golden.py").path
+            if FileManager.default.fileExists(atPath: generator) {
+                found.generator = found.generator ?? generator
+                let req = tools.appendingPathComponent("requirements.txt").path
+                if FileManager.default.fileExists(atPath: req) { found.requirements = found.requirements ?? req }
+                break
+            }
+            let parent = dir.deletingLastPathComponent()
+            if parent.path == dir.path { break }
+            dir = parent
+        }
+        return found
+    }
+}
+
+public struct Freshness: Sendable, Equatable {
+    /// What changed since the golden was made; empty means fresh.
+    public var changes: [String]
+    /// What could not be checked (no generator or requirements found).
+    public var unverified: [String]
+
+    public var isStale: Bool { !changes.isEmpty }
+
+    /// Package names in requirements.txt → keys of versions_json.
+    static let pinnedKeys = ["mlx": "mlx", "mlx-lm": "mlx_lm", "mlx-vlm": "mlx_vlm", "numpy": "numpy", "h5py": "h5py"]
+
+    public static func check(_ provenance: GoldenProvenance, sources: FreshnessSources,
+                             modelDirectory: String? = nil) -> Freshness {
+        var f = Freshness(changes: [], unverified: [])
+        if let generator = sources.generator {
+            if let sha = try? SHA256.hex(fileAt: generator) {
+                if sha != provenance.generatorSHA256 {
+                    f.changes.append("generator changed: the golden was made by \(provenance.generator) sha256 \(provenance.generatorSHA256.prefix(12))…, \(generator) is now \(sha.prefix(12))…")
+                }
+            } else {
+                f.unverified.append("cannot read the generator \(generator)")
+            }
+        } else {
+            f.unverified.append("generator hash not checked (no tools/make_golden.py found above the golden; pass --generator)")
+        }
+        if let requirements = sources.requirements, let text = try? String(contentsOfFile: requirements, encoding: .utf8) {
+            for (package, version) in pins(text).sorted(by: { $0.key < $1.key }) {
+                guard let key = pinnedKeys[package] else { continue }
+                let recorded = provenance.versions[key] ?? "(not recorded)"
+                if recorded != version {
+                    f.changes.append("\(package): golden made with \(recorded), \(URL(fileURLWithPath: requirements).lastPathComponent) pins \(version)")
+                }
+            }
+        } else {
+            f.unverified.append("versions not checked against the pins (no tools/requirements.txt found; pass --requirements)")
+        }
+        if let dir = modelDirectory {
+            for (name, recorded) in provenance.modelFiles.sorted(by: { $0.key < $1.key }) {
+                let path = URL(fileURLWithPath: dir).appendingPathComponent(name).path
+                guard let sha = try? SHA256.hex(fileAt: path) else {
+                    f.changes.append("model file \(name) is missing from \(dir)")
+                    continue
+                }
+                if sha != recorded {
+                    f.changes.append("model file \(name) changed: recorded sha256 \(recorded.prefix(12))…, now \(sha.prefix(12))…")
+                }
+            }
+        }
+        return f
+    }
+
+    /// `name==version` lines of a requirements file (comments and other specifiers ignored).
+    static func pins(_ text: String) -> [String: String] {
+        var out: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let code = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+            let parts = code.components(separatedBy: "==")
+            guard parts.count == 2 else { continue }
+            let name = parts[0].trimmingCharacters(in: .whitespaces).lowercased().replacingOccurrences(of: "_", with: "-")
+            out[name] = parts[1].trimmingCharacters(in: .whitespaces)
+        }
+        return out
+    }
+}
