@@ -2,8 +2,8 @@
 SHELL := /bin/bash
 SWIFT ?= swift
 # Committed checkpoint directories, NAME:KIND -> golden/checkpoints/NAME-KIND/ (from
-# tools/configs/NAME.json; KIND bf16 or q4, see tools/make_golden.py --help).
-CHECKPOINTS := tiny-dense:q4 tiny-dense:bf16
+# tools/configs/checkpoints/NAME.json; KIND bf16 or q4, see tools/make_golden.py --help).
+CHECKPOINTS := tiny-checkpoint:q4 tiny-checkpoint:bf16
 GOLDEN ?= $(wildcard golden/*.h5) $(wildcard golden/checkpoints/*/parity.h5)
 CONFIGS := $(wildcard tools/configs/*.json)
 # Why a regeneration changes goldens; required when one does (make golden REASON="...").
@@ -54,8 +54,8 @@ else
 	done
 	@mkdir -p golden/checkpoints; for spec in $(CHECKPOINTS); do \
 	  name=$${spec%%:*}; kind=$${spec##*:}; out=golden/checkpoints/$$name-$$kind; \
-	  echo "== tools/configs/$$name.json ($$kind) -> $$out/"; \
-	  $(PYTHON) tools/make_golden.py --config tools/configs/$$name.json --make-checkpoint $$kind \
+	  echo "== tools/configs/checkpoints/$$name.json ($$kind) -> $$out/"; \
+	  $(PYTHON) tools/make_golden.py --config tools/configs/checkpoints/$$name.json --make-checkpoint $$kind \
 	    --out $$out $(REASON_ARG) || exit 1; \
 	done
 endif

@@ -25,10 +25,12 @@ let package = Package(
         .target(name: "ParityCore", dependencies: ["ParityTensor", "GoldenIO"]),
         // Mirror of mlx-lm's text path.
         .target(name: "LMMirror", dependencies: ["ParityCore", "ParityTensor"]),
+        // Mirror of mlx-vlm's language model: MRoPE, stateful positions, chunked GatedDeltaNet prefill.
+        .target(name: "VLMMirror", dependencies: ["ParityCore", "ParityTensor"]),
         // MLX model directories: safetensors, bf16/f16 widening, affine dequantization, sanitize.
         .target(name: "Checkpoint", dependencies: ["ParityCore", "ParityTensor"]),
         // Scenarios, invariants, tolerances, reports, golden provenance.
-        .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror", "Checkpoint"]),
+        .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror", "VLMMirror", "Checkpoint"]),
         // Command-line commands (the executable only calls into this).
         .target(name: "ParityCLI", dependencies: [
             "ParityEngine",
@@ -40,6 +42,7 @@ let package = Package(
         .testTarget(name: "GoldenIOTests", dependencies: ["GoldenIO"]),
         .testTarget(name: "ParityCoreTests", dependencies: ["ParityCore"]),
         .testTarget(name: "LMMirrorTests", dependencies: ["LMMirror", "ParityCore"]),
+        .testTarget(name: "VLMMirrorTests", dependencies: ["VLMMirror", "ParityCore", "ParityTensor"]),
         .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO", "Checkpoint"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "ParityCore", "ParityTensor"]),
         // Bad inputs through the built CLI, and kill tests; they spawn products `swift test` builds.

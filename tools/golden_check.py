@@ -2,10 +2,11 @@
 """Freshness check: regenerate every committed golden into a temporary folder and compare it
 with the committed one, bit for bit (MLX on the CPU is bit-reproducible).
 
-  python tools/golden_check.py [--golden-dir golden] [--checkpoints "tiny-dense:q4 ..."]
+  python tools/golden_check.py [--golden-dir golden] [--checkpoints "tiny-checkpoint:q4 ..."]
 
 Random-weight goldens: tools/configs/NAME.json -> GOLDEN_DIR/NAME.h5. Checkpoint directories:
-NAME:KIND -> GOLDEN_DIR/checkpoints/NAME-KIND/ from tools/configs/NAME.json. Every dataset,
+NAME:KIND -> GOLDEN_DIR/checkpoints/NAME-KIND/ from tools/configs/checkpoints/NAME.json (a folder
+of its own, so a checkpoint-only config never becomes a random-weight golden). Every dataset,
 provenance attribute (history_json excepted: it is the review log) and model file is compared;
 each difference is listed by dataset. Exit status 0 when everything is identical, 1 otherwise,
 2 when the generator itself failed. Never writes into the golden folder.
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
             name, _, kind = spec.partition(":")
             target = f"{name}-{kind}"
             jobs.append((f"checkpoints/{target}",
-                         ["--config", str(args.configs / f"{name}.json"), "--make-checkpoint", kind,
+                         ["--config", str(args.configs / "checkpoints" / f"{name}.json"),
+                          "--make-checkpoint", kind,
                           "--out", str(scratch / target)],
                          args.golden_dir / "checkpoints" / target, scratch / target))
         for label, gen_args, committed, fresh in jobs:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a golden HDF5 file for one Qwen 3.5 variant from the pinned mlx-lm reference.
+"""Write a golden HDF5 file for one Qwen 3.5 variant from the pinned mlx-lm and mlx-vlm references.
 
 The file layout is specified in docs/golden-format.md (format_version 1). Everything stored
 comes from the reference library itself, run on the MLX CPU backend in float32:
@@ -9,14 +9,18 @@ comes from the reference library itself, run on the MLX CPU backend in float32:
   * the weights are random but deterministic (numpy, --seed), with non-trivial norm weights;
   * hidden states are recorded by wrapping the library's own modules (embed_tokens, every
     decoder layer, the final norm); the library's forward loop is never re-implemented;
-  * caches are the library's own (make_prompt_cache, BatchKVCache, ArraysCache).
+  * caches are the library's own (make_prompt_cache, BatchKVCache, ArraysCache);
+  * the same weights run through mlx-vlm's LanguageModel (path mlx_vlm): the text schedules, and
+    in the variants VLM_EXTRAS_BY_VARIANT names, MRoPE scenarios and the stateful hazards, with
+    the positions each call used and the state the model kept.
 
 A golden can also be made from an MLX model directory (config.json + model*.safetensors as
 mlx-lm saves them): --from-model DIR loads it with mlx_lm.utils.load_model and stores what the
 model computes as loaded (path mlx_lm: bf16 activations, quantized matmuls) and after
 mlx_lm.utils.dequantize_model + float32 (path mlx_lm_f32). --make-checkpoint bf16|q4 first writes
 such a directory from the random weights with mlx-lm's own cast / quantize_model / save_model /
-save_config, then does the same, and puts the golden inside it as parity.h5.
+save_config, then does the same, and puts the golden inside it as parity.h5. Model-directory
+goldens have mlx-lm paths only.
 
 Regenerating over an existing golden compares the two, prints what moved per scenario and layer,
 and asks for a reason (or takes --reason), appended to the root attribute history_json.
@@ -31,6 +35,7 @@ import argparse
 import ctypes
 import datetime
 import hashlib
+import importlib
 import importlib.metadata
 import json
 import os
@@ -42,6 +47,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -49,9 +55,12 @@ try:
     import h5py
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_map_with_path
-    from mlx_lm.models.cache import ArraysCache, BatchKVCache, KVCache, make_prompt_cache
+    from mlx_lm.models import cache as lm_cache
+    from mlx_lm.models.cache import make_prompt_cache
     from mlx_lm.utils import (_get_classes, dequantize_model, load_model, quantize_model,
                               save_config, save_model)
+    from mlx_vlm.models import cache as vlm_cache
+    import golden_probes  # tools/golden_probes.py: sub-step probes (docs/golden-format.md)
 except ImportError as exc:  # pragma: no cover - environment problem, not a code path
     sys.exit(f"make_golden: error: {exc}. Install the pinned packages: "
              f"pip install -r tools/requirements.txt")
@@ -63,8 +72,11 @@ GENERATOR = "tools/make_golden.py"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FORMAT_VERSION = 1
 SUPPORTED_MODEL_TYPES = ("qwen3_5", "qwen3_5_moe")
-RESULT_PATH = "mlx_lm"  # the library path written for random-weight goldens (mlx_vlm comes later)
-F32_PATH = "mlx_lm_f32"  # model directories: the same model dequantized and widened to float32
+LM_PATH = "mlx_lm"              # mlx-lm's Model (text path); in model directories: as loaded
+F32_PATH = "mlx_lm_f32"         # model directories: the same model dequantized, float32
+VLM_PATH = "mlx_vlm"            # mlx-vlm's LanguageModel, called as the scenario says
+VLM_CORRECT_PATH = "mlx_vlm_correct"  # hazard scenarios: the same calls made the right way
+
 CHECKPOINT_GOLDEN = "parity.h5"  # the golden inside a --make-checkpoint directory
 CHECKPOINT_KINDS = ("bf16", "q4")
 DEFAULT_CHECKPOINT_SCENARIOS = ("full_prefill", "prefix_decode")
@@ -174,6 +186,14 @@ def make_scenario(name: str, L: int) -> Scenario:
                       f"(chunked_prefill_N accepts any N >= 1)")
 
 
+def scenario_list(args, defaults) -> list[Scenario]:
+    text = args.scenarios if args.scenarios is not None else ",".join(defaults)
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names or len(set(names)) != len(names):
+        raise GoldenError(f"--scenarios must list distinct names, got {text!r}")
+    return [make_scenario(n, args.prompt_length) for n in names]
+
+
 # ---------------------------------------------------------------------------------------------
 # Model and weights
 
@@ -267,6 +287,45 @@ def effective_config(model) -> dict:
     return eff
 
 
+def make_checkpoint(args, directory: Path) -> None:
+    """Random weights saved as an MLX model directory with mlx-lm's own conversion steps."""
+    raw_json, config = read_config(args.config)
+    model = build_model(config)
+    load_random_weights(model, args.seed)
+    if args.make_checkpoint == "bf16":
+        # mlx_lm.convert's dtype step: every floating parameter the model's cast_predicate
+        # admits (all but A_log) becomes bfloat16.
+        cast_predicate = getattr(model, "cast_predicate", lambda _: True)
+        model.update(tree_map_with_path(
+            lambda k, v: v.astype(mx.bfloat16)
+            if cast_predicate(k) and mx.issubdtype(v.dtype, mx.floating) else v,
+            model.parameters()))
+    else:
+        own = getattr(model, "quant_predicate", None)  # MoE: router and shared gate at 8-bit/64
+
+        def predicate(path, module):
+            if path in Q4_OVERRIDES:
+                return Q4_OVERRIDES[path]
+            return own(path, module) if own is not None else True
+        model, config = quantize_model(model, config, Q4_DEFAULTS["group_size"],
+                                       Q4_DEFAULTS["bits"], quant_predicate=predicate)
+    mx.eval(model.parameters())
+    save_model(directory, model)
+    save_config(config, directory / "config.json")
+    log(f"{args.config.name}: {args.make_checkpoint} checkpoint saved "
+        f"({sum(p.stat().st_size for p in directory.iterdir())} bytes)")
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def model_files(directory: Path) -> dict:
+    """The files a golden made from a model directory depends on, with their sha256."""
+    names = ["config.json"] + sorted(p.name for p in directory.glob("model*.safetensors"))
+    return {n: file_sha256(directory / n) for n in names if (directory / n).is_file()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Inputs
 
@@ -277,6 +336,12 @@ class Inputs:
     batch_tokens: np.ndarray    # [B, Lmax], left-padded with PAD_ID
     left_padding: np.ndarray    # [B]
     decode_tokens: np.ndarray   # [steps, B]
+
+    def datasets(self) -> dict[str, np.ndarray]:
+        """The /inputs datasets, keyed by their path in the file."""
+        return {"/inputs/token_ids": self.token_ids, "/inputs/batch/token_ids": self.batch_tokens,
+                "/inputs/batch/left_padding": self.left_padding,
+                "/inputs/batch/decode_tokens": self.decode_tokens}
 
 
 def make_inputs(seed: int, L: int, vocab: int) -> Inputs:
@@ -295,7 +360,7 @@ def make_inputs(seed: int, L: int, vocab: int) -> Inputs:
 
 
 # ---------------------------------------------------------------------------------------------
-# Recording the library's own forward pass
+# Recording the library's own forward pass (shared by mlx-lm and mlx-vlm)
 
 
 class Recorder:
@@ -316,10 +381,10 @@ class Recorder:
 
 
 @contextmanager
-def recording(model):
-    """Wrap embed_tokens, every decoder layer and the final norm of the inner text model.
+def recording(inner):
+    """Wrap embed_tokens, every decoder layer and the final norm of an inner text model
+    (mlx-lm's model.language_model.model, mlx-vlm's LanguageModel.model).
     Yields {"embed": [...], "layers": [[...] per layer], "norm": [...]} (one entry per call)."""
-    inner = model.language_model.model
     layers = inner.layers  # the list the forward loop slices (pipeline_layers) at call time
     originals = (inner["embed_tokens"], inner["norm"], list(layers))
     records = {"embed": [], "layers": [[] for _ in layers], "norm": []}
@@ -343,10 +408,16 @@ def to_numpy(a) -> np.ndarray:
     return np.array(a)
 
 
+# mlx-vlm has its own cache classes with the same interface as mlx-lm's.
+ARRAYS_CACHES = (lm_cache.ArraysCache, vlm_cache.ArraysCache)
+BATCH_KV_CACHES = (lm_cache.BatchKVCache, vlm_cache.BatchKVCache)
+KV_CACHES = (lm_cache.KVCache, vlm_cache.KVCache)
+
+
 def cache_arrays(cache) -> list:
     arrays = []
     for c in cache or []:
-        if isinstance(c, ArraysCache):
+        if isinstance(c, ARRAYS_CACHES):
             arrays += [a for a in c.cache if a is not None]
         elif c.keys is not None:
             arrays += [c.keys, c.values]
@@ -357,19 +428,19 @@ def snapshot_cache(cache) -> list[dict]:
     """Cache contents trimmed to the real length, as numpy, one dict per layer."""
     snap = []
     for c in cache:
-        if isinstance(c, ArraysCache):
+        if isinstance(c, ARRAYS_CACHES):
             snap.append({"conv_state": to_numpy(c[0]), "recurrent_state": to_numpy(c[1])})
-        elif isinstance(c, BatchKVCache):  # _idx is the shared write cursor; offset is per row
+        elif isinstance(c, BATCH_KV_CACHES):  # _idx is the shared write cursor; offset is per row
             n = c._idx
             snap.append({"keys": to_numpy(c.keys[..., :n, :]),
                          "values": to_numpy(c.values[..., :n, :]),
                          "offset": np.array(c.offset).astype(np.int64)})
-        elif isinstance(c, KVCache):
+        elif isinstance(c, KV_CACHES):
             n = c.offset
             snap.append({"keys": to_numpy(c.keys[..., :n, :]),
                          "values": to_numpy(c.values[..., :n, :]), "offset": int(n)})
         else:
-            raise GoldenError(f"unexpected cache type {type(c).__name__}")
+            raise GoldenError(f"unexpected cache type {type(c).__module__}.{type(c).__name__}")
     return snap
 
 
@@ -381,13 +452,21 @@ class RunResult:
     cache_after: list | None
 
 
+@dataclass
+class PathRun:
+    """What one reference path of one scenario stores."""
+    result: RunResult
+    logits_positions: np.ndarray       # time indices whose logits are written
+    schedule: list | None = None       # mlx-vlm paths: the LanguageModel calls (schedule_json)
+
+
 def run_calls(model, tokens: np.ndarray, calls: list[int], cache, snapshot_after: int):
-    """Feed tokens[:, t0:t0+n] for every n in calls through model(ids, cache=cache),
+    """Feed tokens[:, t0:t0+n] for every n in calls through mlx-lm's model(ids, cache=cache),
     recording hidden states; snapshot the cache after the first snapshot_after calls."""
     if sum(calls) != tokens.shape[1]:
         raise GoldenError(f"calls {calls} do not cover {tokens.shape[1]} tokens")
     logits, snapshot, t0 = [], None, 0
-    with recording(model) as rec:
+    with recording(model.language_model.model) as rec:
         for i, n in enumerate(calls):
             out = model(mx.array(tokens[:, t0:t0 + n]), cache=cache)
             # Evaluate per call like generate_step does, so graphs never span calls.
@@ -416,10 +495,10 @@ def left_padded_cache(model, left_padding: np.ndarray) -> list:
     lp = [int(x) for x in left_padding]
     cache = []
     for c in make_prompt_cache(model):
-        if isinstance(c, ArraysCache):
-            cache.append(ArraysCache(len(c.cache), left_padding=lp))
-        elif isinstance(c, KVCache):
-            cache.append(BatchKVCache(lp))
+        if isinstance(c, lm_cache.ArraysCache):
+            cache.append(lm_cache.ArraysCache(len(c.cache), left_padding=lp))
+        elif isinstance(c, lm_cache.KVCache):
+            cache.append(lm_cache.BatchKVCache(lp))
         else:
             raise GoldenError(f"no batched equivalent for cache type {type(c).__name__}")
     return cache
@@ -440,7 +519,7 @@ def logits_positions(sc: Scenario) -> np.ndarray:
     return (np.cumsum(sc.calls) - 1).astype(np.int32)
 
 
-def check_finite(sc: Scenario, result: RunResult) -> None:
+def check_finite(sc, result: RunResult) -> None:
     arrays = {"hidden_states": result.hidden_states, "final_norm": result.final_norm,
               "logits": result.logits}
     for i, layer in enumerate(result.cache_after or []):
@@ -459,6 +538,605 @@ def check_recording_is_transparent(model, token_ids: np.ndarray) -> None:
         raise GoldenError("recording the forward pass changed the logits")
 
 
+def run_all(model, scenarios: list, inputs: Inputs, label: str) -> list[PathRun]:
+    """Every text scenario through mlx-lm's model, as the path `label`."""
+    check_recording_is_transparent(model, inputs.token_ids)
+    out = []
+    for sc in scenarios:
+        t = time.monotonic()
+        result = run_scenario(model, sc, inputs)
+        check_finite(sc, result)
+        positions = logits_positions(sc)
+        out.append(PathRun(result, positions))
+        peak = float(np.abs(result.logits[:, positions, :]).max())
+        log(f"  {label:<10} {sc.name:<20} calls={len(sc.calls):<3} max|logits|={peak:.3f} "
+            f"({time.monotonic() - t:.2f}s)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# mlx-vlm: the same weights through mlx_vlm's LanguageModel
+#
+# mlx-vlm loads a Qwen 3.5 checkpoint as Model(ModelConfig) = vision tower + LanguageModel. The
+# goldens have no vision tower: the LanguageModel is built alone from the same ModelConfig, and
+# image features are stand-in rows in input_embeddings. Its weights are the mlx-lm runtime
+# tensors under mlx-vlm's names (language_model.model.X -> model.X, language_model.lm_head ->
+# lm_head), so they are stored once, under /weights.
+
+# The tiny vocabulary has 1000 ids, so the vision token ids (ModelConfig fields, defaults
+# 248045..248057) are placed at its end; the tiny prompts never use them as text.
+VISION_TOKEN_IDS = {"vision_start_token_id": 995, "vision_end_token_id": 996,
+                    "image_token_id": 997, "video_token_id": 998}
+TEXT_ID_LIMIT = 990  # random text ids in MRoPE prompts stay below the vision ids
+SPATIAL_MERGE_SIZE = 2
+VLM_LOGITS_PER_SCENARIO = 4  # vlm paths store the logits of at most the last 4 calls
+# golden/ has a size budget: 22.5 MB with golden/checkpoints/ (hard limit 24 MB, the rest kept
+# for probes). The text schedules through mlx-vlm are written for every random-weight variant;
+# these groups of vlm-only content are written where the table says:
+#   cache    cache_after on full_prefill/mlx_vlm (the chunked scan's final state)
+#   vectors  mrope_prefix_decode, mrope_full_decode (the upstream prefill/decode vector)
+#   sweeps   mrope_chunked_{boundary,later}_stepN (both upstream chunk cases, every step)
+#   hazards  the three stateful hazards of LanguageModel, each with its correct twin
+VLM_EXTRA_GROUPS = ("cache", "vectors", "sweeps", "hazards")
+VLM_EXTRAS_BY_VARIANT = {"tiny-dense": "cache,vectors,sweeps,hazards",
+                         "tiny-hv2-tied": "none", "tiny-moe": "none"}
+
+# Upstream test vectors (docs: upstream-change.md).
+UPSTREAM_PREFILL_DECODE = {"tokens": [0, 1, 2, 3],
+                           "positions": [[[0, 1, 0, 1]], [[0, 0, 1, 1]], [[0, 1, 1, 1]]],
+                           "rope_delta": -2}
+UPSTREAM_CHUNK_CASES = {
+    "boundary": {"tokens": [0, 1, 2, 3, 4, 5],
+                 "positions": [[[0, 1, 1, 1, 1, 3]], [[0, 1, 1, 2, 2, 3]], [[0, 1, 2, 1, 2, 3]]],
+                 "rope_delta": -2,
+                 "about": "the chunk boundary falls inside the image span"},
+    "later": {"tokens": [0, 1, 2, 3, 4, 5],
+              "positions": [[[0, 1, 2, 2, 4, 5]], [[0, 1, 2, 2, 4, 5]], [[0, 1, 2, 3, 4, 5]]],
+              "rope_delta": 0,
+              "about": "the image span sits in a later chunk"},
+}
+MROPE_DECODE_STEPS = 3
+IMAGE_GRID = [1, 4, 6]        # one image: 1 x (4/2) x (6/2) = 6 image tokens
+HAZARD_PREFILL_STEP = 4
+HAZARD_TEXT_PROMPT = 6        # hazard 1: text prompt after the image prompt (+ 2 decodes)
+SMALL_BATCH_LENGTHS = (7, 4)  # hazard 3: two left-padded rows, then 2 decode steps
+SMALL_BATCH_DECODE_STEPS = 2
+
+
+def vlm_model_params(config: dict) -> dict:
+    """The checkpoint-level config mlx-vlm reads: the text config nested under text_config."""
+    return {"model_type": config["model_type"], "text_config": dict(config),
+            "vision_config": {"spatial_merge_size": SPATIAL_MERGE_SIZE}, **VISION_TOKEN_IDS}
+
+
+def build_vlm_model(config: dict):
+    """ModelConfig.from_dict + LanguageModel, as mlx-vlm's Model.__init__ builds its text half."""
+    try:
+        module = importlib.import_module(f"mlx_vlm.models.{config['model_type']}")
+        model_config = module.ModelConfig.from_dict(vlm_model_params(config))
+        if isinstance(model_config.text_config, dict):
+            raise GoldenError("mlx-vlm left text_config undeserialised (a required field is missing)")
+        lm = module.LanguageModel(model_config.text_config, model_config)
+    except (TypeError, ValueError, KeyError, ImportError) as exc:
+        raise GoldenError(f"mlx-vlm could not build the language model: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    lm.eval()
+    return module, model_config, lm
+
+
+def vlm_weight_name(runtime_name: str) -> str:
+    """mlx-lm runtime name -> the name inside mlx-vlm's LanguageModel."""
+    if not runtime_name.startswith("language_model."):
+        raise GoldenError(f"unexpected runtime weight name {runtime_name}")
+    return runtime_name.removeprefix("language_model.")
+
+
+def load_vlm_weights(module, model_config, lm, weights: dict[str, np.ndarray]) -> None:
+    """Check mlx-vlm's Model.sanitize leaves the runtime layout alone, then load the tensors
+    into the LanguageModel under its names, strictly, and check they arrived bit for bit."""
+    runtime = {name: mx.array(value) for name, value in weights.items()}
+    # Model.sanitize reads only self.config; the vision tower is never built.
+    sanitized = module.Model.sanitize(SimpleNamespace(config=model_config),
+                                      {k: mx.array(v) for k, v in runtime.items()})
+    if sorted(sanitized) != sorted(runtime):
+        raise GoldenError("mlx-vlm sanitize changed the parameter names of the runtime layout")
+    for name, value in sanitized.items():
+        if not mx.array_equal(value, runtime[name]).item():
+            raise GoldenError(f"mlx-vlm sanitize is not a fixed point for {name}")
+    lm.load_weights([(vlm_weight_name(k), v) for k, v in runtime.items()], strict=True)
+    mx.eval(lm.parameters())
+    for name, value in tree_flatten(lm.parameters()):
+        if not np.array_equal(np.array(value), weights["language_model." + name]):
+            raise GoldenError(f"mlx-vlm holds a different {name} than mlx-lm")
+
+
+def vlm_effective_config(lm, model_config) -> dict:
+    rotary = [l.self_attn.rotary_emb for l in lm.model.layers if not l.is_linear]
+    args = lm.args
+    return {
+        "model_type": args.model_type,
+        "rotary_dims": int(rotary[0].dim),
+        "rope_theta": float(rotary[0].base),
+        "mrope_section": list(rotary[0].mrope_section),
+        "inv_freq": np.array(rotary[0].inv_freq).tolist(),
+        "position_selector": np.array(rotary[0].position_selector).tolist(),
+        "head_dim": args.head_dim,
+        "full_attention_interval": args.full_attention_interval,
+        "layer_types": ["linear_attention" if l.is_linear else "full_attention"
+                        for l in lm.model.layers],
+        "spatial_merge_size": model_config.vision_config.spatial_merge_size,
+        **{k: getattr(model_config, k) for k in VISION_TOKEN_IDS},
+    }
+
+
+# --- inputs of the vlm-only scenarios -------------------------------------------------------
+
+
+def vlm_inputs(lm, inputs: Inputs, seed: int, vocab: int) -> dict[str, np.ndarray]:
+    """Every input dataset the vlm schedules reference, keyed by its path in the file. Input
+    embeddings and reference positions come from the library (embed_tokens, get_rope_index)."""
+    rng = np.random.default_rng([seed, 2])
+    store: dict[str, np.ndarray] = {}
+
+    def embed(ids) -> np.ndarray:
+        out = lm.model.embed_tokens(mx.array(ids))
+        mx.eval(out)
+        return np.array(out)
+
+    # Text batch as mlx-vlm takes it: the prompt with its attention mask, then the decodes.
+    lmax = inputs.batch_tokens.shape[1]
+    mask = (np.arange(lmax)[None, :] >= inputs.left_padding[:, None]).astype(np.int32)
+    store["/inputs/batch/attention_mask"] = mask
+    store["/inputs/batch/sequence"] = np.concatenate(
+        [inputs.batch_tokens, inputs.decode_tokens.T], axis=1).astype(np.int32)
+
+    # Upstream prefill/decode vector: prompt [0,1,2,3], then decode ids.
+    up = UPSTREAM_PREFILL_DECODE
+    decode = rng.integers(0, TEXT_ID_LIMIT, size=MROPE_DECODE_STEPS)
+    g = "/inputs/mrope/prefill_decode"
+    store[g + "/token_ids"] = np.array([up["tokens"] + decode.tolist()], dtype=np.int32)
+    store[g + "/input_embeddings"] = embed([up["tokens"]])
+    store[g + "/position_ids"] = np.array(up["positions"], dtype=np.int32)
+    store[g + "/rope_deltas"] = np.array([[up["rope_delta"]]], dtype=np.int32)
+
+    for case, spec in UPSTREAM_CHUNK_CASES.items():
+        g = f"/inputs/mrope/chunk_{case}"
+        store[g + "/token_ids"] = np.array([spec["tokens"]], dtype=np.int32)
+        store[g + "/input_embeddings"] = embed([spec["tokens"]])
+        store[g + "/position_ids"] = np.array(spec["positions"], dtype=np.int32)
+        store[g + "/rope_deltas"] = np.array([[spec["rope_delta"]]], dtype=np.int32)
+
+    # An image prompt: text, vision_start, 6 image tokens, vision_end, text. The image rows of
+    # input_embeddings are random stand-ins for vision features at the embedding's scale.
+    vt = VISION_TOKEN_IDS
+    n_image = IMAGE_GRID[0] * (IMAGE_GRID[1] // SPATIAL_MERGE_SIZE) * (IMAGE_GRID[2] // SPATIAL_MERGE_SIZE)
+    text = rng.integers(0, TEXT_ID_LIMIT, size=4).tolist()
+    ids = text[:2] + [vt["vision_start_token_id"]] + [vt["image_token_id"]] * n_image \
+        + [vt["vision_end_token_id"]] + text[2:]
+    emb = embed([ids])
+    scale = float(np.array(lm.model.embed_tokens.weight).std())
+    for t, token in enumerate(ids):
+        if token == vt["image_token_id"]:
+            emb[0, t] = (rng.standard_normal(emb.shape[-1]) * scale).astype(np.float32)
+    grid = np.array([IMAGE_GRID], dtype=np.int32)
+    positions, deltas = lm.get_rope_index(mx.array([ids], dtype=mx.int32), mx.array(grid))
+    g = "/inputs/mrope/image_prompt"
+    store[g + "/token_ids"] = np.array([ids], dtype=np.int32)
+    store[g + "/input_embeddings"] = emb
+    store[g + "/image_grid_thw"] = grid
+    store[g + "/position_ids"] = np.array(positions).astype(np.int32)
+    store[g + "/rope_deltas"] = np.array(deltas).astype(np.int32).reshape(1, 1)
+
+    # A small left-padded text batch for the missing-mask hazard.
+    smax = max(SMALL_BATCH_LENGTHS)
+    rows = np.zeros((len(SMALL_BATCH_LENGTHS), smax + SMALL_BATCH_DECODE_STEPS), dtype=np.int32)
+    pads = np.array([smax - n for n in SMALL_BATCH_LENGTHS], dtype=np.int32)
+    for b, n in enumerate(SMALL_BATCH_LENGTHS):
+        rows[b, smax - n:] = rng.integers(0, vocab, size=n + SMALL_BATCH_DECODE_STEPS)
+    g = "/inputs/mrope/small_batch"
+    store[g + "/sequence"] = rows
+    store[g + "/left_padding"] = pads
+    store[g + "/attention_mask"] = (np.arange(smax)[None, :] >= pads[:, None]).astype(np.int32)
+    return store
+
+
+def rope_index_cases(lm) -> list[dict]:
+    """get_rope_index run by the library on a few prompts (one and two images, a video, a
+    masked batch, text with and without a mask). Token ids need not be in the vocabulary."""
+    vt = VISION_TOKEN_IDS
+    VS, VE = vt["vision_start_token_id"], vt["vision_end_token_id"]
+    IM, VI = vt["image_token_id"], vt["video_token_id"]
+    cases = [
+        {"name": "spec_two_images", "about": "numerics spec 3.3 worked example",
+         "input_ids": [[5, 6, VS] + [IM] * 6 + [VE, 7, 8, VS] + [IM] * 6 + [VE, 9, 10, 11]],
+         "image_grid_thw": [[1, 4, 6], [1, 6, 4]]},
+        {"name": "one_image", "about": "one image between text",
+         "input_ids": [[1, 2, 3, VS] + [IM] * 12 + [VE, 4, 5]], "image_grid_thw": [[1, 6, 8]]},
+        {"name": "image_first", "about": "an image at position 0, no text before it",
+         "input_ids": [[VS] + [IM] * 4 + [VE, 7]], "image_grid_thw": [[1, 4, 4]]},
+        {"name": "video_two_frames", "about": "a (2,4,4) video grid expands into two (1,4,4) blocks",
+         "input_ids": [[1, VS] + [VI] * 4 + [VE, VS] + [VI] * 4 + [VE, 2]],
+         "video_grid_thw": [[2, 4, 4]]},
+        {"name": "image_then_video", "about": "an image block, then a video block",
+         "input_ids": [[1, VS] + [IM] * 2 + [VE, 2, VS] + [VI] * 4 + [VE, 3]],
+         "image_grid_thw": [[1, 2, 4]], "video_grid_thw": [[1, 4, 4]]},
+        {"name": "masked_batch_images", "about": "left-padded rows with one image each",
+         "input_ids": [[0, 0, 1, VS] + [IM] * 4 + [VE, 2], [1, 2, VS] + [IM] * 6 + [VE]],
+         "attention_mask": [[0, 0, 1, 1, 1, 1, 1, 1, 1, 1], [1] * 10],
+         "image_grid_thw": [[1, 4, 4], [1, 4, 6]]},
+        {"name": "text_masked", "about": "text only with a left-padding mask",
+         "input_ids": [[0, 0, 0, 4, 5, 6], [1, 2, 3, 4, 5, 6]],
+         "attention_mask": [[0, 0, 0, 1, 1, 1], [1] * 6]},
+        {"name": "text_plain", "about": "text only, no mask: arange and zero deltas",
+         "input_ids": [[4, 5, 6, 7, 8]]},
+    ]
+    for case in cases:
+        arg = lambda k: (mx.array(case[k], dtype=mx.int32) if k in case else None)
+        positions, deltas = lm.get_rope_index(arg("input_ids"), arg("image_grid_thw"),
+                                              arg("video_grid_thw"), arg("attention_mask"))
+        mx.eval(positions, deltas)
+        case["position_ids"] = np.array(positions).astype(np.int32)
+        case["rope_deltas"] = np.array(deltas).astype(np.int32)
+    return cases
+
+
+# --- vlm schedules ---------------------------------------------------------------------------
+
+
+def vlm_call(tokens: str, start: int, length: int, cache: str = "keep", **kw) -> dict:
+    """One LanguageModel call: ids tokens[:, start:start+length] (the `inputs` argument);
+    optional embeddings and attention_mask sliced the same way; position_ids, rope_deltas and
+    image_grid_thw passed whole; cache "none" | "new" | "keep"; reset_state clears the stored
+    _position_ids/_rope_deltas first (a fresh LanguageModel)."""
+    call = {"tokens": tokens, "start": start, "length": length, "embeddings": None,
+            "position_ids": None, "rope_deltas": None, "image_grid_thw": None,
+            "attention_mask": None, "cache": cache, "left_padding": None, "reset_state": False}
+    for key, value in kw.items():
+        if key not in call:
+            raise GoldenError(f"unknown vlm call field {key}")
+        call[key] = value
+    return call
+
+
+def vlm_text_schedule(sc: Scenario, L: int) -> list[dict]:
+    """The mlx-lm text schedules as calls of mlx-vlm's LanguageModel, each from a fresh state."""
+    if sc.kind == "batch":
+        prompt = vlm_call("/inputs/batch/sequence", 0, L, cache="new", reset_state=True,
+                          left_padding="/inputs/batch/left_padding",
+                          attention_mask="/inputs/batch/attention_mask")
+        return [prompt] + [vlm_call("/inputs/batch/sequence", L + s, 1)
+                           for s in range(len(sc.calls) - 1)]
+    calls, start = [], 0
+    for i, n in enumerate(sc.calls):
+        cache = ("new" if sc.cached else "none") if i == 0 else "keep"
+        calls.append(vlm_call("/inputs/token_ids", start, n, cache=cache, reset_state=i == 0))
+        start += n
+    return calls
+
+
+@dataclass
+class VlmScenario:
+    name: str
+    description: str
+    calls: list[int]
+    paths: dict[str, list[dict]]   # path -> schedule
+    kind: str = "mrope"
+    hazard: str | None = None      # hazard scenarios: what goes wrong
+    group: str = "vectors"         # which VLM_EXTRA_GROUPS entry writes it
+    # Paths stored without hidden_states/final_norm (size budget): the hazards' correct twins,
+    # whose calls are ordinary ones the other scenarios check layer by layer.
+    light_paths: tuple = ()
+    last_logits_only: bool = False
+
+    def logits_positions(self) -> np.ndarray:
+        if self.last_logits_only:
+            return np.array([sum(self.calls) - 1], dtype=np.int32)
+        return vlm_logits_positions(self.calls)
+
+    def definition(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "calls": self.calls, "cached": 1,
+                "logits": "last_position_of_each_call", "paths": sorted(self.paths),
+                "description": self.description}
+
+
+def mrope_scenarios() -> list[VlmScenario]:
+    out = []
+    g = "/inputs/mrope/prefill_decode"
+    kw = dict(embeddings=g + "/input_embeddings", position_ids=g + "/position_ids",
+              rope_deltas=g + "/rope_deltas")
+    decodes = [vlm_call(g + "/token_ids", 4 + s, 1) for s in range(MROPE_DECODE_STEPS)]
+    out.append(VlmScenario(
+        "mrope_prefix_decode",
+        "upstream prefill/decode vector: tokens [0,1,2,3] as their own embeddings, 3-D positions "
+        "T/H/W [0,1,0,1]/[0,0,1,1]/[0,1,1,1], rope delta -2; the prefix [0,1,2] then the last "
+        "token, both with the full position_ids and rope_deltas (generate style), then "
+        f"{MROPE_DECODE_STEPS} decode tokens by id with no kwargs (stored rope deltas)",
+        [3, 1] + [1] * MROPE_DECODE_STEPS,
+        {VLM_PATH: [vlm_call(g + "/token_ids", 0, 3, cache="new", reset_state=True, **kw),
+                    vlm_call(g + "/token_ids", 3, 1, **kw)] + decodes}))
+    out.append(VlmScenario(
+        "mrope_full_decode",
+        "the same vector with the whole prompt in one call (model(all)[-1] against "
+        "mrope_prefix_decode's last prompt token), then the same decode tokens",
+        [4] + [1] * MROPE_DECODE_STEPS,
+        {VLM_PATH: [vlm_call(g + "/token_ids", 0, 4, cache="new", reset_state=True, **kw)] + decodes}))
+    for case, spec in UPSTREAM_CHUNK_CASES.items():
+        g = f"/inputs/mrope/chunk_{case}"
+        kw = dict(embeddings=g + "/input_embeddings", position_ids=g + "/position_ids",
+                  rope_deltas=g + "/rope_deltas")
+        n = len(spec["tokens"])
+        for step in range(1, n):  # step >= n - 1 gives [n-1, 1], the same as step n - 1
+            calls, schedule, start = generate_step_calls(n, step), [], 0
+            for i, length in enumerate(calls):
+                schedule.append(vlm_call(g + "/token_ids", start, length, cache="new" if i == 0 else "keep",
+                                         reset_state=i == 0, **kw))
+                start += length
+            out.append(VlmScenario(
+                f"mrope_chunked_{case}_step{step}",
+                f"upstream chunked MRoPE prefill ({spec['about']}): tokens {spec['tokens']} as "
+                f"embeddings, positions {spec['positions']}, rope delta {spec['rope_delta']}; "
+                f"generate-style chunks with prefill_step_size={step}, the full position_ids "
+                f"and rope_deltas passed with every chunk; logits of the last prompt token",
+                calls, {VLM_PATH: schedule}, group="sweeps", last_logits_only=True))
+    return out
+
+
+def hazard_scenarios() -> list[VlmScenario]:
+    g = "/inputs/mrope/image_prompt"
+    n = 2 + 1 + 6 + 1 + 2
+    image = dict(embeddings=g + "/input_embeddings", image_grid_thw=g + "/image_grid_thw")
+    generate_kw = dict(image, position_ids=g + "/position_ids", rope_deltas=g + "/rope_deltas")
+    out = []
+
+    # 1. Stale positions: an image prompt whose positions the model computed and stored, then
+    #    a text prompt on a new cache without clearing the state.
+    def stale(reset: bool) -> list[dict]:
+        text = [vlm_call("/inputs/token_ids", 0, HAZARD_TEXT_PROMPT - 1, cache="new", reset_state=reset),
+                vlm_call("/inputs/token_ids", HAZARD_TEXT_PROMPT - 1, 1),
+                vlm_call("/inputs/token_ids", HAZARD_TEXT_PROMPT, 1),
+                vlm_call("/inputs/token_ids", HAZARD_TEXT_PROMPT + 1, 1)]
+        return [vlm_call(g + "/token_ids", 0, n - 1, cache="new", reset_state=True, **image),
+                vlm_call(g + "/token_ids", n - 1, 1, **image)] + text
+    out.append(VlmScenario(
+        "hazard_stale_positions",
+        "an image prompt called with image_grid_thw and no position_ids (the model computes and "
+        "stores 3-D positions and rope deltas), then a text prompt on a new cache without "
+        "clearing that state: the text reuses the stored image positions and deltas. "
+        f"{VLM_CORRECT_PATH} clears the state before the text prompt",
+        [n - 1, 1, HAZARD_TEXT_PROMPT - 1, 1, 1, 1],
+        {VLM_PATH: stale(False), VLM_CORRECT_PATH: stale(True)},
+        hazard="stale MRoPE positions reused by a later text prompt", group="hazards", light_paths=(VLM_CORRECT_PATH,)))
+
+    # 2. Chunked image prefill relying on stored positions.
+    def chunked(kw: dict) -> list[dict]:
+        schedule, start = [], 0
+        for i, length in enumerate(generate_step_calls(n, HAZARD_PREFILL_STEP)):
+            schedule.append(vlm_call(g + "/token_ids", start, length, cache="new" if i == 0 else "keep",
+                                     reset_state=i == 0, **kw))
+            start += length
+        return schedule
+    out.append(VlmScenario(
+        "hazard_chunked_image_prefill",
+        f"the image prompt prefilled in generate-style chunks of {HAZARD_PREFILL_STEP} with "
+        "image_grid_thw but no position_ids: chunk 1 computes positions from its own ids, later "
+        "chunks get sequential positions from the stored delta. "
+        f"{VLM_CORRECT_PATH} passes the full position_ids and rope_deltas with every chunk",
+        generate_step_calls(n, HAZARD_PREFILL_STEP),
+        {VLM_PATH: chunked(image), VLM_CORRECT_PATH: chunked(generate_kw)},
+        hazard="chunked image prefill without position_ids", group="hazards", light_paths=(VLM_CORRECT_PATH,)))
+
+    # 3. Left-padded batch prompt without an attention mask.
+    b = "/inputs/mrope/small_batch"
+    smax = max(SMALL_BATCH_LENGTHS)
+
+    def batch(masked: bool) -> list[dict]:
+        prompt = vlm_call(b + "/sequence", 0, smax, cache="new", reset_state=True,
+                          left_padding=b + "/left_padding",
+                          attention_mask=b + "/attention_mask" if masked else None)
+        return [prompt] + [vlm_call(b + "/sequence", smax + s, 1) for s in range(SMALL_BATCH_DECODE_STEPS)]
+    out.append(VlmScenario(
+        "hazard_batch_without_mask",
+        f"B={len(SMALL_BATCH_LENGTHS)} left-padded text rows (BatchKVCache + ArraysCache with "
+        "left_padding) whose prompt call has no attention mask: padded rows get RoPE positions "
+        "from the padded column, decode from the real length. "
+        f"{VLM_CORRECT_PATH} passes attention_mask with the prompt",
+        [smax] + [1] * SMALL_BATCH_DECODE_STEPS,
+        {VLM_PATH: batch(False), VLM_CORRECT_PATH: batch(True)},
+        hazard="left-padded batch without an attention mask", group="hazards", light_paths=(VLM_CORRECT_PATH,)))
+    return out
+
+
+# --- running a vlm schedule -------------------------------------------------------------------
+
+
+class CallSpy:
+    """Stands in for LanguageModel.model: records the position_ids the LanguageModel resolved
+    for each call. The row split inside Qwen3_5Model recurses on the real module, unseen."""
+
+    def __init__(self, module, sink: list):
+        self._module = module
+        self._sink = sink
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+    def __call__(self, *args, **kwargs):
+        self._sink.append(kwargs.get("position_ids"))
+        return self._module(*args, **kwargs)
+
+
+@contextmanager
+def spying(lm):
+    sink: list = []
+    real = lm["model"]
+    try:
+        lm["model"] = CallSpy(real, sink)
+        yield sink
+    finally:
+        lm["model"] = real
+
+
+def as_list(a):
+    """Stored position state as JSON: None, or nested lists of ints."""
+    if a is None:
+        return None
+    return np.array(a).astype(np.int64).tolist()
+
+
+@dataclass
+class VlmRunResult(RunResult):
+    position_ids: np.ndarray = None      # [3, B, T] int32, what each call resolved (2-D broadcast)
+    position_ranks: np.ndarray = None    # [calls] int32: 2, 3, or 0 for None
+    state_after: list = None             # per call {"position_ids", "rope_deltas"} stored after it
+
+
+def run_vlm_schedule(lm, schedule: list[dict], store: dict, snapshot_after: int | None) -> VlmRunResult:
+    def sliced(path, call):
+        return None if path is None else store[path][:, call["start"]:call["start"] + call["length"]]
+
+    inner = lm.model
+    logits, hidden, norms, positions, ranks, states = [], [], [], [], [], []
+    snapshot, cache = None, None
+    with recording(inner) as rec, spying(lm) as spy:
+        for i, call in enumerate(schedule):
+            if call["reset_state"]:
+                lm._position_ids = None
+                lm._rope_deltas = None
+            if call["cache"] == "none":
+                cache = None
+            elif call["cache"] == "new":
+                if call["left_padding"] is None:
+                    cache = lm.make_cache()
+                else:
+                    lp = [int(x) for x in store[call["left_padding"]]]
+                    cache = [vlm_cache.ArraysCache(2, left_padding=lp) if l.is_linear
+                             else vlm_cache.BatchKVCache(lp) for l in inner.layers]
+            ids = mx.array(sliced(call["tokens"], call))
+            B, L = ids.shape
+            kwargs = {}
+            if call["embeddings"] is not None:
+                kwargs["inputs_embeds"] = mx.array(sliced(call["embeddings"], call))
+            for key in ("position_ids", "rope_deltas", "image_grid_thw"):
+                if call[key] is not None:
+                    kwargs[key] = mx.array(store[call[key]])
+            if call["attention_mask"] is not None:
+                kwargs["attention_mask"] = mx.array(sliced(call["attention_mask"], call))
+            before = (len(rec["embed"]), [len(r) for r in rec["layers"]], len(rec["norm"]))
+            out = lm(ids, cache=cache, **kwargs).logits
+            mx.eval(out, rec["embed"], rec["layers"], rec["norm"], cache_arrays(cache))
+            logits.append(np.array(out))
+
+            def joined(records, start):
+                """One [B, L, D] tensor from this call's records: the whole batch, or one
+                record per row (the row split runs each row on its unpadded suffix)."""
+                new = [np.array(a) for a in records[start:]]
+                if len(new) == 1 and new[0].shape[:2] == (B, L):
+                    return new[0]
+                if len(new) != B or any(a.shape[0] != 1 for a in new):
+                    raise GoldenError(f"call {i}: cannot assemble {[a.shape for a in new]} into [{B}, {L}]")
+                return np.concatenate([np.pad(a, ((0, 0), (L - a.shape[1], 0), (0, 0))) for a in new])
+            embedded = len(rec["embed"]) - before[0]
+            if embedded != (0 if "inputs_embeds" in kwargs else 1):
+                raise GoldenError(f"call {i}: embed_tokens ran {embedded} times")
+            first = np.array(kwargs["inputs_embeds"]) if embedded == 0 else joined(rec["embed"], before[0])
+            hidden.append([first] +
+                          [joined(r, before[1][j]) for j, r in enumerate(rec["layers"])])
+            norms.append(joined(rec["norm"], before[2]))
+            used = spy[-1]
+            if used is None:
+                positions.append(np.zeros((3, B, L), np.int32)); ranks.append(0)
+            else:
+                p = np.array(used).astype(np.int32)
+                ranks.append(p.ndim)
+                positions.append(np.broadcast_to(p if p.ndim == 3 else p[None], (3, B, L)))
+            states.append({"position_ids": as_list(lm._position_ids),
+                           "rope_deltas": as_list(lm._rope_deltas)})
+            if snapshot_after is not None and i + 1 == snapshot_after and cache is not None:
+                snapshot = snapshot_cache(cache)
+    if len(spy) != len(schedule):
+        raise GoldenError("the LanguageModel called its inner model a different number of times")
+    layers = len(hidden[0])
+    return VlmRunResult(
+        hidden_states=np.stack([np.concatenate([h[j] for h in hidden], axis=1) for j in range(layers)]),
+        final_norm=np.concatenate(norms, axis=1), logits=np.concatenate(logits, axis=1),
+        cache_after=snapshot, position_ids=np.concatenate(positions, axis=2).astype(np.int32),
+        position_ranks=np.array(ranks, dtype=np.int32), state_after=states)
+
+
+def vlm_logits_positions(calls: list[int]) -> np.ndarray:
+    ends = (np.cumsum(calls) - 1).astype(np.int32)
+    return ends[-VLM_LOGITS_PER_SCENARIO:]
+
+
+def check_vlm_recording_is_transparent(lm, token_ids: np.ndarray) -> None:
+    lm._position_ids = lm._rope_deltas = None
+    plain = lm(mx.array(token_ids)).logits
+    mx.eval(plain)
+    schedule = [vlm_call("/inputs/token_ids", 0, token_ids.shape[1], cache="none", reset_state=True)]
+    recorded = run_vlm_schedule(lm, schedule, {"/inputs/token_ids": token_ids}, None).logits
+    if not np.array_equal(np.array(plain), recorded):
+        raise GoldenError("recording the mlx-vlm forward pass changed the logits")
+
+
+def vlm_groups(args, variant: str) -> set[str] | None:
+    """The --vlm-extras groups to write; None: no mlx-vlm paths at all."""
+    text = args.vlm_extras or "auto"
+    if text == "auto":
+        text = VLM_EXTRAS_BY_VARIANT.get(variant, ",".join(VLM_EXTRA_GROUPS))
+    if text == "off":
+        return None
+    groups = set() if text == "none" else set(text.split(","))
+    if groups - set(VLM_EXTRA_GROUPS):
+        raise GoldenError(f"--vlm-extras: unknown group(s) {sorted(groups - set(VLM_EXTRA_GROUPS))}")
+    return groups
+
+
+def add_vlm_paths(config: dict, weights: dict, inputs: Inputs, vocab: int, groups: set[str],
+                  seed: int, results: list, store: dict) -> dict:
+    """Run the same weights through mlx-vlm's LanguageModel: an mlx_vlm path on every text
+    scenario of results, then the vlm-only scenarios of `groups` appended to results. Adds the
+    inputs the schedules read to store; returns the /config attrs and the /rope_index cases."""
+    module, model_config, lm = build_vlm_model(config)
+    load_vlm_weights(module, model_config, lm, weights)
+    store.update(vlm_inputs(lm, inputs, seed, vocab))
+    check_vlm_recording_is_transparent(lm, inputs.token_ids)
+    # The mlx-lm text schedules, through mlx-vlm's LanguageModel.
+    for sc, paths in results:
+        t = time.monotonic()
+        length = inputs.batch_tokens.shape[1] if sc.kind == "batch" else inputs.token_ids.shape[1]
+        schedule = vlm_text_schedule(sc, length)
+        snapshot = len(sc.calls) if sc.name == "full_prefill" and "cache" in groups else None
+        result = run_vlm_schedule(lm, schedule, store, snapshot)
+        check_finite(sc, result)
+        paths[VLM_PATH] = PathRun(result, vlm_logits_positions(sc.calls), schedule)
+        lm_logits = paths[LM_PATH].result.logits
+        valid = np.ones(lm_logits.shape[:2], bool)
+        if sc.kind == "batch":
+            valid[:, :] = np.arange(lm_logits.shape[1])[None, :] >= inputs.left_padding[:, None]
+        gap = float(np.abs(np.where(valid[..., None], lm_logits - result.logits, 0)).max())
+        log(f"  {VLM_PATH:<10} {sc.name:<20} |lm-vlm logits|={gap:.2e} ({time.monotonic() - t:.2f}s)")
+    for vs in mrope_scenarios() + hazard_scenarios():
+        if vs.group not in groups:
+            continue
+        t = time.monotonic()
+        paths = {}
+        for path, schedule in vs.paths.items():
+            if [c["length"] for c in schedule] != vs.calls:
+                raise GoldenError(f"{vs.name}/{path}: schedule does not match calls {vs.calls}")
+            result = run_vlm_schedule(lm, schedule, store, None)
+            check_finite(vs, result)
+            paths[path] = PathRun(result, vs.logits_positions(), schedule)
+        note = ""
+        if VLM_CORRECT_PATH in paths:
+            gap = np.abs(paths[VLM_PATH].result.logits - paths[VLM_CORRECT_PATH].result.logits).max()
+            note = f" hazard |library - correct| = {gap:.3f}"
+        results.append((vs, paths))
+        log(f"  {VLM_PATH:<10} {vs.name:<30} calls={len(vs.calls):<3}{note} ({time.monotonic() - t:.2f}s)")
+    return {"vlm_json": json.dumps(vlm_model_params(config)),
+            "vlm_effective_json": json.dumps(vlm_effective_config(lm, model_config)),
+            "rope_cases": rope_index_cases(lm)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 
@@ -470,13 +1148,17 @@ def versions() -> dict:
             "h5py": h5py.__version__}
 
 
-def put(group, name: str, array: np.ndarray, dtype: str, shared: dict | None = None):
-    """Write a dataset; with `shared`, a bitwise repeat of an earlier one becomes an HDF5 hard
-    link to it. mlx-lm is schedule-invariant on CPU, so most scenarios repeat the same hidden
-    states and caches, and linking keeps golden/ small while every path still reads normally."""
+def put(group, name: str, array: np.ndarray, dtype: str, shared: dict):
+    """Write a dataset; a bitwise repeat of an earlier one (same dtype, shape and bytes) becomes
+    an HDF5 hard link to it. mlx-lm is schedule-invariant on CPU, so most scenarios repeat the
+    same hidden states and caches (and a q4 model's float32 twin repeats it whole); linking keeps
+    golden/ small while every path still reads normally."""
     data = np.ascontiguousarray(array, dtype=dtype)
-    if shared is None:
-        return group.create_dataset(name, data=data)
+    parent, _, name = name.rpartition("/")
+    if parent:
+        # h5py's own groups: an intermediate group HDF5 makes for a link records timestamps,
+        # and the file would differ from run to run.
+        group = group.require_group(parent)
     key = (data.dtype.str, data.shape, hashlib.sha256(data.tobytes()).hexdigest())
     if key in shared:
         group[name] = group.file[shared[key]]
@@ -486,49 +1168,73 @@ def put(group, name: str, array: np.ndarray, dtype: str, shared: dict | None = N
     return dataset
 
 
-def write_scenario(root, sc: Scenario, by_path: dict, shared: dict) -> None:
-    """One /scenarios/<name> group with a subgroup per reference path (mlx_lm, mlx_lm_f32)."""
+def write_path(g, name: str, run: PathRun, shared: dict, light: bool = False) -> None:
+    """/scenarios/<scenario>/<path>. light: no hidden_states/final_norm (size budget)."""
+    p = g.create_group(name)
+    result = run.result
+    if not light:
+        put(p, "hidden_states", result.hidden_states, "<f4", shared)
+        put(p, "final_norm", result.final_norm, "<f4", shared)
+    put(p, "logits_positions", run.logits_positions, "<i4", shared)
+    put(p, "logits", result.logits[:, run.logits_positions, :], "<f4", shared)
+    for i, layer in enumerate(result.cache_after or []):
+        lg = p.create_group(f"cache_after/layer_{i:02d}")
+        for key, value in layer.items():
+            if key == "offset":
+                lg.attrs["offset"] = value
+            else:
+                put(lg, key, value, "<f4", shared)
+    if run.schedule is not None:  # mlx-vlm: the calls, the positions they ran with, the state
+        p.attrs["schedule_json"] = json.dumps(run.schedule)
+        p.attrs["state_after_json"] = json.dumps(result.state_after)
+        put(p, "position_ids", result.position_ids, "<i4", shared)
+        put(p, "position_ids_rank", result.position_ranks, "<i4", shared)
+
+
+def write_scenario(root, sc, paths: dict[str, PathRun], shared: dict) -> None:
+    """One /scenarios/<name> group (a Scenario or a VlmScenario) with a subgroup per path."""
     g = root.create_group(f"scenarios/{sc.name}")
     g.attrs["description"] = sc.description
     g.attrs["kind"] = sc.kind
     g.attrs["calls_json"] = json.dumps(sc.calls)
-    g.attrs["cached"] = int(sc.cached)
-    if sc.prefill_step_size is not None:
+    g.attrs["cached"] = int(getattr(sc, "cached", True))
+    if getattr(sc, "prefill_step_size", None) is not None:
         g.attrs["prefill_step_size"] = sc.prefill_step_size
-    positions = logits_positions(sc)
-    for path_name, result in by_path.items():
-        p = g.create_group(path_name)
-        put(p, "hidden_states", result.hidden_states, "<f4", shared)
-        put(p, "final_norm", result.final_norm, "<f4", shared)
-        put(p, "logits_positions", positions, "<i4", shared)
-        put(p, "logits", result.logits[:, positions, :], "<f4", shared)
-        for i, layer in enumerate(result.cache_after or []):
-            lg = p.create_group(f"cache_after/layer_{i:02d}")
-            for key, value in layer.items():
-                if key == "offset":
-                    lg.attrs["offset"] = value
-                else:
-                    put(lg, key, value, "<f4", shared)
+    if getattr(sc, "hazard", None) is not None:
+        g.attrs["hazard"] = sc.hazard
+    for name, run in paths.items():
+        write_path(g, name, run, shared, light=name in getattr(sc, "light_paths", ()))
 
 
-def write_golden(path: Path, meta: dict, weights: dict | None, inputs: Inputs, results: list) -> None:
-    """results: [(scenario, {path name: RunResult})]. weights None: they live in a model
-    directory named by the root attrs (weights_source "model_dir")."""
-    with h5py.File(path, "w-") as f:  # w-: never clobber a file we did not create
+def write_golden(path: Path, meta: dict, weights: dict | None, store: dict, results: list) -> None:
+    """meta: root attrs, /config attrs and rope_cases; weights None: they live in a model
+    directory named by the root attrs (weights_source "model_dir"); store: every /inputs
+    dataset by path; results: [(scenario, {path name: PathRun})]."""
+    # w-: never clobber a file we did not create. v108 bounds: compact groups (smaller files),
+    # still readable by HDF5 1.8 and later.
+    with h5py.File(path, "w-", libver=("v108", "v108")) as f:
         for key, value in meta["root"].items():
             f.attrs[key] = value
         cfg = f.create_group("config")
-        cfg.attrs["raw_json"] = meta["raw_json"]
-        cfg.attrs["effective_json"] = meta["effective_json"]
-        for name in sorted(weights or {}):
-            put(f, f"weights/{name}", weights[name], "<f4")
-        put(f, "inputs/token_ids", inputs.token_ids, "<i4")
-        put(f, "inputs/batch/token_ids", inputs.batch_tokens, "<i4")
-        put(f, "inputs/batch/left_padding", inputs.left_padding, "<i4")
-        put(f, "inputs/batch/decode_tokens", inputs.decode_tokens, "<i4")
+        for key in ("raw_json", "effective_json", "vlm_json", "vlm_effective_json"):
+            if key in meta:
+                cfg.attrs[key] = meta[key]
         shared: dict = {}
-        for sc, by_path in results:
-            write_scenario(f, sc, by_path, shared)
+        for name in sorted(weights or {}):
+            put(f, f"weights/{name}", weights[name], "<f4", shared)
+        for name in sorted(store):
+            value = store[name]
+            put(f, name.lstrip("/"), value, "<f4" if value.dtype.kind == "f" else "<i4", shared)
+        for case in meta.get("rope_cases", []):
+            g = f.create_group(f"rope_index/{case['name']}")
+            g.attrs["description"] = case["about"]
+            for key in ("input_ids", "image_grid_thw", "video_grid_thw", "attention_mask",
+                        "position_ids", "rope_deltas"):
+                if key in case:
+                    put(g, key, np.asarray(case[key]), "<i4", shared)
+        for sc, paths in results:
+            write_scenario(f, sc, paths, shared)
+        golden_probes.write(f, meta.get("probes"), shared, put)
 
 
 def temp_sibling(out: Path) -> Path:
@@ -576,216 +1282,30 @@ def refuse_ci_regeneration(out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line
-
-
-HELP_EPILOG = """\
-scenarios (--scenarios, default all; L = --prompt-length):
-  no_cache             [L]              model(ids), no cache
-  full_prefill         [L]              fresh make_prompt_cache, whole prompt; cache_after
-  prefix_decode        [L-4,1,1,1,1]    prefix, then the last 4 prompt tokens one at a time
-  token_by_token       [1]*L            every prompt token alone
-  chunked_prefill_N    generate rule    n = min(N, remaining-1) while more than one token
-                                        remains, then the last token alone (any N >= 1;
-                                        the defaults are chunked_prefill_16 and _5)
-  batch_left_pad       [Lmax,1,1,1]     3 rows of L, L-9, L-17 tokens left-padded with id 0,
-                                        BatchKVCache + ArraysCache(left_padding), then 3
-                                        decode steps; cache_after right after the prompt
-  Every scenario stores per-layer hidden states and final_norm for all positions.
-  no_cache and full_prefill store logits at every position, the others only at the
-  last position of each call (logits_positions). Cached scenarios store cache_after.
-
-weights and inputs:
-  Random float32 weights from numpy default_rng(--seed), drawn in sorted parameter-name
-  order: Linear/SwitchLinear N(0,1)*fan_in^-0.5, embedding N(0,1) (x0.1 when tied), norm
-  weights 1+0.1*N(0,1), A_log log U(1,16), dt_bias U(-0.5,0.5), conv1d N(0,1)*K^-0.5.
-  sanitize() must leave them unchanged; they are loaded with strict=True and stored as
-  /weights/<runtime name>. Token ids come from default_rng([seed, 1]).
-
-model directories:
-  --from-model DIR          DIR holds config.json and model*.safetensors as mlx-lm saves them
-                            (any dtype, affine-quantized or not). Loaded with
-                            mlx_lm.utils.load_model; the golden stores no /weights but the
-                            directory (relative to --out) and the sha256 of its files, and two
-                            reference paths: mlx_lm (as loaded) and mlx_lm_f32 (after
-                            mlx_lm.utils.dequantize_model and float32). Default scenarios:
-                            full_prefill,prefix_decode.
-  --make-checkpoint KIND    with --config: draw the random weights, then save them as a model
-                            directory --out with mlx-lm's own code: bf16 = the convert cast
-                            (cast_predicate keeps A_log float32); q4 = quantize_model, affine
-                            4-bit/group 64 with lm_head at 8-bit/32 and layer 0 mlp.gate_proj at
-                            8-bit/64 as per-module entries (plus the model's own quant_predicate:
-                            the MoE router and shared-expert gate at 8-bit/64); then save_model +
-                            save_config, load it
-                            back with load_model, and write the golden into it as parity.h5.
-
-review and history:
-  If --out exists, the new golden is first written beside it and compared: datasets bit for
-  bit, provenance attributes, model files. Unchanged: the old file is kept, nothing written.
-  Changed: what moved is printed per scenario, path and layer (max |diff|), and a reason is
-  required: --reason TEXT, or asked for on a terminal. The file's history_json (a JSON list)
-  gets {date, reason, generator_sha256, versions, changes} appended; a new file starts with
-  one entry (reason "created" unless --reason).
-
-safety:
-  Every golden is written to a hidden temp file (or directory) beside --out and renamed into
-  place (directories are swapped with renameat2 RENAME_EXCHANGE), so a run killed at any
-  point leaves the previous golden intact.
-  With CI=true the script refuses to write into the repository's golden/ directory
-  (goldens are never regenerated by CI); an --out elsewhere is allowed.
-  Exit status: 0 on success, 2 on invalid input (missing config, unknown model_type,
-  bad options, a change without a reason) or invalid output (non-finite values).
-"""
-
-
-def parse_args(argv):
-    ap = argparse.ArgumentParser(
-        prog="make_golden.py",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Generate a golden HDF5 file (docs/golden-format.md) for one Qwen 3.5 "
-                    "variant with the\npinned mlx-lm reference on the MLX CPU backend.",
-        epilog=HELP_EPILOG)
-    source = ap.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", type=Path,
-                        help="checkpoint-style config.json, flat or with text_config, model_type "
-                             "qwen3_5 or qwen3_5_moe (dense or MoE); stored verbatim as /config "
-                             "raw_json")
-    source.add_argument("--from-model", type=Path, metavar="DIR",
-                        help="an MLX model directory (config.json + model*.safetensors); see "
-                             "'model directories' below")
-    ap.add_argument("--out", required=True, type=Path,
-                    help="output .h5 path (with --make-checkpoint: the output directory)")
-    ap.add_argument("--make-checkpoint", choices=CHECKPOINT_KINDS, default=None,
-                    help="with --config: write an MLX model directory (bf16 or 4-bit) at --out "
-                         "and its golden inside it")
-    ap.add_argument("--seed", type=int, default=1234,
-                    help="seed for the random weights and, via a separate stream, the token "
-                         "ids (default: 1234)")
-    ap.add_argument("--scenarios", default=None,
-                    help="comma-separated scenario names (default: all; for model directories "
-                         f"{','.join(DEFAULT_CHECKPOINT_SCENARIOS)})")
-    ap.add_argument("--prompt-length", type=int, default=None, metavar="L",
-                    help=f"prompt length L, at least {MIN_PROMPT_LENGTH} (default: 32; 24 for model "
-                         f"directories, to keep committed checkpoint goldens small)")
-    ap.add_argument("--variant", default=None,
-                    help="variant name stored in the root attrs (default: the config file "
-                         "name without .json, or the directory name)")
-    ap.add_argument("--reason", default=None,
-                    help="why this regeneration changes the golden; stored in history_json "
-                         "(asked for on a terminal when omitted and something changed)")
-    args = ap.parse_args(argv)
-    if args.prompt_length is None:
-        args.prompt_length = 24 if (args.make_checkpoint or args.from_model) else 32
-    if args.make_checkpoint and args.config is None:
-        ap.error("--make-checkpoint needs --config")
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        generate(args)
-    except GoldenError as exc:
-        log(f"error: {exc}")
-        return 2
-    return 0
+# The two kinds of golden
 
 
 def generator_sha256() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def model_files(directory: Path) -> dict:
-    """The files a golden made from a model directory depends on, with their sha256."""
-    names = ["config.json"] + sorted(p.name for p in directory.glob("model*.safetensors"))
-    return {n: file_sha256(directory / n) for n in names if (directory / n).is_file()}
-
-
-def run_all(model, scenarios: list, inputs: Inputs, label: str) -> list:
-    check_recording_is_transparent(model, inputs.token_ids)
-    out = []
-    for sc in scenarios:
-        t = time.monotonic()
-        result = run_scenario(model, sc, inputs)
-        check_finite(sc, result)
-        out.append(result)
-        peak = float(np.abs(result.logits[:, logits_positions(sc), :]).max())
-        log(f"  {label:<10} {sc.name:<20} calls={len(sc.calls):<3} max|logits|={peak:.3f} "
-            f"({time.monotonic() - t:.2f}s)")
-    return out
-
-
-def root_attrs(args, variant: str, dtype: str, scenarios: list) -> dict:
+def root_attrs(args, variant: str, dtype: str, definitions: list) -> dict:
     return {
         "format_version": FORMAT_VERSION, "backend": "mlx-cpu", "dtype": dtype,
         "variant": variant, "weights_seed": args.seed,
         "versions_json": json.dumps(versions()),
         "generator": GENERATOR,
         "generator_sha256": generator_sha256(),
-        "scenarios_json": json.dumps([sc.definition() for sc in scenarios]),
+        "scenarios_json": json.dumps(definitions),
         "history_json": "[]",
     }
 
 
-def scenario_list(args, defaults) -> list:
-    text = args.scenarios if args.scenarios is not None else ",".join(defaults)
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names or len(set(names)) != len(names):
-        raise GoldenError(f"--scenarios must list distinct names, got {text!r}")
-    return [make_scenario(n, args.prompt_length) for n in names]
-
-
-def generate(args) -> None:
-    started = time.monotonic()
-    out = args.out
-    refuse_ci_regeneration(out)
-    if not out.parent.is_dir():
-        raise GoldenError(f"output directory does not exist: {out.parent}")
-    if args.seed < 0:
-        raise GoldenError("--seed must be >= 0")
-    if args.prompt_length < MIN_PROMPT_LENGTH:
-        # /inputs/batch always holds rows of length L, L-9, L-17, each at least one token
-        raise GoldenError(f"--prompt-length must be >= {MIN_PROMPT_LENGTH}")
-    mx.set_default_device(mx.cpu)  # goldens are CPU results; Metal differs at the ulp level
-    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a run that was killed
-        discard(stale)
-
-    tmp = temp_sibling(out)
-    try:
-        if args.make_checkpoint:
-            tmp.mkdir()
-            make_checkpoint(args, tmp)
-            golden_from_model(args, tmp, tmp / CHECKPOINT_GOLDEN, variant=args.variant or out.name,
-                              kind=args.make_checkpoint)
-            previous = out / CHECKPOINT_GOLDEN if out.is_dir() else None
-            if review(args, previous, tmp / CHECKPOINT_GOLDEN, out if out.is_dir() else None, tmp):
-                publish(tmp, out)
-            else:
-                discard(tmp)
-        else:
-            if args.from_model is not None:
-                golden_from_model(args, args.from_model, tmp,
-                                  variant=args.variant or args.from_model.resolve().name, kind="",
-                                  model_dir_attr=os.path.relpath(args.from_model.resolve(),
-                                                                 out.resolve().parent))
-            else:
-                golden_from_config(args, tmp)
-            if review(args, out if out.exists() else None, tmp, None, None):
-                publish(tmp, out)
-            else:
-                discard(tmp)
-    except BaseException:
-        discard(tmp)
-        raise
-    log(f"done: {out} in {time.monotonic() - started:.1f}s")
-
-
 def golden_from_config(args, tmp: Path) -> None:
+    """Random weights from --config: the mlx_lm path, then (unless --vlm-extras off) mlx_vlm."""
     scenarios = scenario_list(args, DEFAULT_SCENARIOS)
+    variant = args.variant or args.config.name.removesuffix(".json")
+    groups = vlm_groups(args, variant)
     raw_json, config = read_config(args.config)
     model = build_model(config)
     weights = load_random_weights(model, args.seed)
@@ -794,48 +1314,25 @@ def golden_from_config(args, tmp: Path) -> None:
     log(f"{args.config.name}: {len(weights)} parameter tensors, "
         f"{sum(w.size for w in weights.values())} values; rope base {effective['rope_theta']}, "
         f"rotary dims {effective['rotary_dims']}")
-    runs = run_all(model, scenarios, inputs, RESULT_PATH)
-    meta = {
-        "root": root_attrs(args, args.variant or args.config.name.removesuffix(".json"),
-                           "float32", scenarios) | {"weights_source": "random"},
-        "raw_json": raw_json,
-        "effective_json": json.dumps(effective),
-    }
-    write_golden(tmp, meta, weights, inputs,
-                 [(sc, {RESULT_PATH: r}) for sc, r in zip(scenarios, runs)])
-
-
-def make_checkpoint(args, directory: Path) -> None:
-    """Random weights saved as an MLX model directory with mlx-lm's own conversion steps."""
-    raw_json, config = read_config(args.config)
-    model = build_model(config)
-    load_random_weights(model, args.seed)
-    if args.make_checkpoint == "bf16":
-        # mlx_lm.convert's dtype step: every floating parameter the model's cast_predicate
-        # admits (all but A_log) becomes bfloat16.
-        cast_predicate = getattr(model, "cast_predicate", lambda _: True)
-        model.update(tree_map_with_path(
-            lambda k, v: v.astype(mx.bfloat16)
-            if cast_predicate(k) and mx.issubdtype(v.dtype, mx.floating) else v,
-            model.parameters()))
-    else:
-        own = getattr(model, "quant_predicate", None)  # MoE: router and shared gate at 8-bit/64
-
-        def predicate(path, module):
-            if path in Q4_OVERRIDES:
-                return Q4_OVERRIDES[path]
-            return own(path, module) if own is not None else True
-        model, config = quantize_model(model, config, Q4_DEFAULTS["group_size"],
-                                       Q4_DEFAULTS["bits"], quant_predicate=predicate)
-    mx.eval(model.parameters())
-    save_model(directory, model)
-    save_config(config, directory / "config.json")
-    log(f"{args.config.name}: {args.make_checkpoint} checkpoint saved "
-        f"({sum(p.stat().st_size for p in directory.iterdir())} bytes)")
+    results = [(sc, {LM_PATH: run}) for sc, run in
+               zip(scenarios, run_all(model, scenarios, inputs, LM_PATH))]
+    store = inputs.datasets()
+    try:
+        probes = golden_probes.capture(model, inputs.token_ids, [(sc, paths[LM_PATH].result) for sc, paths in results])
+    except golden_probes.ProbeError as exc:
+        raise GoldenError(f"probes: {exc}") from exc
+    meta = {"raw_json": raw_json, "effective_json": json.dumps(effective), "probes": probes}
+    if groups is not None:
+        meta |= add_vlm_paths(config, weights, inputs, effective["vocab_size"], groups, args.seed,
+                              results, store)
+    meta["root"] = root_attrs(args, variant, "float32", [sc.definition() for sc, _ in results]) \
+        | {"weights_source": "random"}
+    write_golden(tmp, meta, weights, store, results)
 
 
 def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: str,
                       model_dir_attr: str = ".") -> None:
+    """A model directory as mlx-lm loads it (mlx_lm) and dequantized in float32 (mlx_lm_f32)."""
     scenarios = scenario_list(args, DEFAULT_CHECKPOINT_SCENARIOS)
     if not (model_dir / "config.json").is_file():
         raise GoldenError(f"{model_dir} has no config.json")
@@ -852,16 +1349,17 @@ def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: s
     adt = model.language_model.model.embed_tokens(mx.array([[0]])).dtype
     log(f"{model_dir.name}: parameter dtypes {dtypes}, activations {adt}")
 
-    native = run_all(model, scenarios, inputs, RESULT_PATH)
+    native = run_all(model, scenarios, inputs, LM_PATH)
     dequantize_model(model)
     model.set_dtype(mx.float32)
     mx.eval(model.parameters())
     widened = run_all(model, scenarios, inputs, F32_PATH)
     for sc, a, b in zip(scenarios, native, widened):
-        d = float(np.abs(a.logits - b.logits).max())
-        log(f"  {sc.name}: max |logits({RESULT_PATH}) - logits({F32_PATH})| = {d:.3e}")
+        d = float(np.abs(a.result.logits - b.result.logits).max())
+        log(f"  {sc.name}: max |logits({LM_PATH}) - logits({F32_PATH})| = {d:.3e}")
 
-    root = root_attrs(args, variant, str(adt).removeprefix("mlx.core."), scenarios)
+    root = root_attrs(args, variant, str(adt).removeprefix("mlx.core."),
+                      [sc.definition() for sc in scenarios])
     if not kind:
         root["weights_seed"] = -1  # the weights came from the directory; the seed drew the tokens
     root |= {"weights_source": "model_dir", "model_dir": model_dir_attr,
@@ -869,8 +1367,8 @@ def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: s
              "checkpoint_kind": kind,
              "quantization_json": json.dumps(config.get("quantization"))}
     meta = {"root": root, "raw_json": raw_json, "effective_json": json.dumps(effective)}
-    write_golden(out_h5, meta, None, inputs,
-                 [(sc, {RESULT_PATH: a, F32_PATH: b}) for sc, a, b in zip(scenarios, native, widened)])
+    write_golden(out_h5, meta, None, inputs.datasets(),
+                 [(sc, {LM_PATH: a, F32_PATH: b}) for sc, a, b in zip(scenarios, native, widened)])
 
 
 def review(args, previous: Path | None, new_h5: Path, previous_dir: Path | None,
@@ -909,6 +1407,184 @@ def review(args, previous: Path | None, new_h5: Path, previous_dir: Path | None,
     with h5py.File(new_h5, "r+") as f:
         f.attrs["history_json"] = json.dumps(history + [entry])
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+HELP_EPILOG = """\
+scenarios (--scenarios, default all; L = --prompt-length):
+  no_cache             [L]              model(ids), no cache
+  full_prefill         [L]              fresh make_prompt_cache, whole prompt; cache_after
+  prefix_decode        [L-4,1,1,1,1]    prefix, then the last 4 prompt tokens one at a time
+  token_by_token       [1]*L            every prompt token alone
+  chunked_prefill_N    generate rule    n = min(N, remaining-1) while more than one token
+                                        remains, then the last token alone (any N >= 1;
+                                        the defaults are chunked_prefill_16 and _5)
+  batch_left_pad       [Lmax,1,1,1]     3 rows of L, L-9, L-17 tokens left-padded with id 0,
+                                        BatchKVCache + ArraysCache(left_padding), then 3
+                                        decode steps; cache_after right after the prompt
+  Every scenario stores per-layer hidden states and final_norm for all positions.
+  no_cache and full_prefill store logits at every position, the others only at the
+  last position of each call (logits_positions). Cached scenarios store cache_after.
+
+mlx-vlm (path mlx_vlm; docs/golden-format.md, "mlx-vlm paths"; --config goldens only):
+  The same weights in mlx-vlm's LanguageModel, built from ModelConfig.from_dict with the text
+  config nested, vision token ids 995..998 and spatial_merge_size 2. Every text scenario above
+  is run again through it (batch_left_pad with attention_mask on the prompt). --vlm-extras adds
+  groups of vlm-only scenarios: cache (cache_after on full_prefill/mlx_vlm), vectors
+  (mrope_prefix_decode, mrope_full_decode), sweeps (mrope_chunked_{boundary,later}_step1..5),
+  hazards (hazard_stale_positions, hazard_chunked_image_prefill, hazard_batch_without_mask, each
+  with an mlx_vlm_correct twin). Also /rope_index/<case>: get_rope_index on a few prompts.
+
+weights and inputs:
+  Random float32 weights from numpy default_rng(--seed), drawn in sorted parameter-name
+  order: Linear/SwitchLinear N(0,1)*fan_in^-0.5, embedding N(0,1) (x0.1 when tied), norm
+  weights 1+0.1*N(0,1), A_log log U(1,16), dt_bias U(-0.5,0.5), conv1d N(0,1)*K^-0.5.
+  sanitize() must leave them unchanged; they are loaded with strict=True and stored as
+  /weights/<runtime name>. Token ids come from default_rng([seed, 1]).
+
+model directories (mlx-lm paths only):
+  --from-model DIR          DIR holds config.json and model*.safetensors as mlx-lm saves them
+                            (any dtype, affine-quantized or not). Loaded with
+                            mlx_lm.utils.load_model; the golden stores no /weights but the
+                            directory (relative to --out) and the sha256 of its files, and two
+                            reference paths: mlx_lm (as loaded) and mlx_lm_f32 (after
+                            mlx_lm.utils.dequantize_model and float32). Default scenarios:
+                            full_prefill,prefix_decode.
+  --make-checkpoint KIND    with --config: draw the random weights, then save them as a model
+                            directory --out with mlx-lm's own code: bf16 = the convert cast
+                            (cast_predicate keeps A_log float32); q4 = quantize_model, affine
+                            4-bit/group 64 with lm_head at 8-bit/32 and layer 0 mlp.gate_proj at
+                            8-bit/64 as per-module entries (plus the model's own quant_predicate:
+                            the MoE router and shared-expert gate at 8-bit/64); then save_model +
+                            save_config, load it back with load_model, and write the golden into
+                            it as parity.h5.
+
+review and history:
+  If --out exists, the new golden is first written beside it and compared: datasets bit for
+  bit, provenance attributes, model files. Unchanged: the old file is kept, nothing written.
+  Changed: what moved is printed per scenario, path and layer (max |diff|), and a reason is
+  required: --reason TEXT, or asked for on a terminal. The file's history_json (a JSON list)
+  gets {date, reason, generator_sha256, versions, changes} appended; a new file starts with
+  one entry (reason "created" unless --reason).
+
+safety:
+  Every golden is written to a hidden temp file (or directory) beside --out and renamed into
+  place (directories are swapped with renameat2 RENAME_EXCHANGE), so a run killed at any
+  point leaves the previous golden intact.
+  With CI=true the script refuses to write into the repository's golden/ directory
+  (goldens are never regenerated by CI); an --out elsewhere is allowed.
+  Exit status: 0 on success, 2 on invalid input (missing config, unknown model_type,
+  bad options, a change without a reason) or invalid output (non-finite values).
+"""
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        prog="make_golden.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate a golden HDF5 file (docs/golden-format.md) for one Qwen 3.5 "
+                    "variant with the\npinned mlx-lm and mlx-vlm references on the MLX CPU "
+                    "backend.",
+        epilog=HELP_EPILOG)
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path,
+                        help="checkpoint-style config.json (flat, model_type qwen3_5 or "
+                             "qwen3_5_moe); stored verbatim as /config raw_json")
+    source.add_argument("--from-model", type=Path, metavar="DIR",
+                        help="an MLX model directory (config.json + model*.safetensors); see "
+                             "'model directories' below")
+    ap.add_argument("--out", required=True, type=Path,
+                    help="output .h5 path (with --make-checkpoint: the output directory)")
+    ap.add_argument("--make-checkpoint", choices=CHECKPOINT_KINDS, default=None,
+                    help="with --config: write an MLX model directory (bf16 or 4-bit) at --out "
+                         "and its golden inside it")
+    ap.add_argument("--seed", type=int, default=1234,
+                    help="seed for the random weights and, via a separate stream, the token "
+                         "ids (default: 1234)")
+    ap.add_argument("--scenarios", default=None,
+                    help="comma-separated scenario names (default: all; for model directories "
+                         f"{','.join(DEFAULT_CHECKPOINT_SCENARIOS)})")
+    ap.add_argument("--prompt-length", type=int, default=None, metavar="L",
+                    help=f"prompt length L, at least {MIN_PROMPT_LENGTH} (default: 32; 24 for model "
+                         f"directories, to keep committed checkpoint goldens small)")
+    ap.add_argument("--vlm-extras", default=None,
+                    help="random-weight goldens: besides the text schedules through mlx-vlm, "
+                         f"which vlm-only groups to write: a comma list of "
+                         f"{', '.join(VLM_EXTRA_GROUPS)}; 'none'; 'off' skips mlx-vlm entirely; "
+                         "'auto' (default) looks the variant up in VLM_EXTRAS_BY_VARIANT "
+                         "(golden/ size budget), all groups otherwise")
+    ap.add_argument("--variant", default=None,
+                    help="variant name stored in the root attrs (default: the config file "
+                         "name without .json, or the directory name)")
+    ap.add_argument("--reason", default=None,
+                    help="why this regeneration changes the golden; stored in history_json "
+                         "(asked for on a terminal when omitted and something changed)")
+    args = ap.parse_args(argv)
+    model_dir = bool(args.make_checkpoint or args.from_model)
+    if args.prompt_length is None:
+        args.prompt_length = 24 if model_dir else 32
+    if args.make_checkpoint and args.config is None:
+        ap.error("--make-checkpoint needs --config")
+    if model_dir and args.vlm_extras is not None:
+        ap.error("--vlm-extras applies to random-weight goldens; model directories have "
+                 "mlx-lm paths only")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        generate(args)
+    except GoldenError as exc:
+        log(f"error: {exc}")
+        return 2
+    return 0
+
+
+def generate(args) -> None:
+    started = time.monotonic()
+    out = args.out
+    refuse_ci_regeneration(out)
+    if not out.parent.is_dir():
+        raise GoldenError(f"output directory does not exist: {out.parent}")
+    if args.seed < 0:
+        raise GoldenError("--seed must be >= 0")
+    if args.prompt_length < MIN_PROMPT_LENGTH:
+        # /inputs/batch always holds rows of length L, L-9, L-17, each at least one token
+        raise GoldenError(f"--prompt-length must be >= {MIN_PROMPT_LENGTH}")
+    mx.set_default_device(mx.cpu)  # goldens are CPU results; Metal differs at the ulp level
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a run that was killed
+        discard(stale)
+
+    tmp = temp_sibling(out)
+    try:
+        if args.make_checkpoint:
+            tmp.mkdir()
+            make_checkpoint(args, tmp)
+            golden_from_model(args, tmp, tmp / CHECKPOINT_GOLDEN, variant=args.variant or out.name,
+                              kind=args.make_checkpoint)
+            previous = out / CHECKPOINT_GOLDEN if out.is_dir() else None
+            changed = review(args, previous, tmp / CHECKPOINT_GOLDEN, out if out.is_dir() else None, tmp)
+        else:
+            if args.from_model is not None:
+                golden_from_model(args, args.from_model, tmp,
+                                  variant=args.variant or args.from_model.resolve().name, kind="",
+                                  model_dir_attr=os.path.relpath(args.from_model.resolve(),
+                                                                 out.resolve().parent))
+            else:
+                golden_from_config(args, tmp)
+            changed = review(args, out if out.exists() else None, tmp, None, None)
+        if changed:
+            publish(tmp, out)
+        else:
+            discard(tmp)
+    except BaseException:
+        discard(tmp)
+        raise
+    log(f"done: {out} in {time.monotonic() - started:.1f}s")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ from golden_diff import compare_files, compare_model_dirs  # noqa: E402
 
 CONFIG = TOOLS / "configs" / "tiny-dense.json"
 FAST = ["--scenarios", "no_cache,prefix_decode"]
+# Random-weight goldens without mlx-vlm: the lifecycle does not depend on it, the run stays
+# short (the kill test's delays assume an mlx-lm-only run) and the review's first 40 changes
+# still reach /weights.
+LM_ONLY = [*FAST, "--vlm-extras", "off"]
 
 
 def generate(*args, env=None, check=True):
@@ -44,19 +48,19 @@ class ReviewAndHistory(unittest.TestCase):
     def test_regeneration_is_reviewed_and_recorded(self):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "g.h5"
-            generate("--config", str(CONFIG), "--out", str(out), *FAST)
+            generate("--config", str(CONFIG), "--out", str(out), *LM_ONLY)
             first = history(out)
             self.assertEqual([e["reason"] for e in first], ["created"])
             self.assertEqual(set(first[0]), {"date", "reason", "generator_sha256", "versions"})
             original = out.read_bytes()
 
             # Same inputs: bitwise the same golden, so nothing is written and no reason asked.
-            run = generate("--config", str(CONFIG), "--out", str(out), *FAST)
+            run = generate("--config", str(CONFIG), "--out", str(out), *LM_ONLY)
             self.assertIn("unchanged", run.stderr)
             self.assertEqual(out.read_bytes(), original)
 
             # A change without a reason is refused (no terminal to ask on) and writes nothing.
-            run = generate("--config", str(CONFIG), "--out", str(out), *FAST, "--seed", "7", check=False)
+            run = generate("--config", str(CONFIG), "--out", str(out), *LM_ONLY, "--seed", "7", check=False)
             self.assertEqual(run.returncode, 2)
             self.assertIn("--reason", run.stderr)
             self.assertEqual(out.read_bytes(), original)
@@ -64,7 +68,7 @@ class ReviewAndHistory(unittest.TestCase):
             self.assertRegex(run.stderr, r"no_cache/mlx_lm: embeddings [0-9.e+-]+, layer 0 ")
             self.assertIn("/weights/language_model.lm_head.weight: values:", run.stderr)
 
-            run = generate("--config", str(CONFIG), "--out", str(out), *FAST, "--seed", "7",
+            run = generate("--config", str(CONFIG), "--out", str(out), *LM_ONLY, "--seed", "7",
                            "--reason", "new seed for the test")
             entries = history(out)
             self.assertEqual([e["reason"] for e in entries], ["created", "new seed for the test"])
@@ -75,11 +79,31 @@ class ReviewAndHistory(unittest.TestCase):
 
     def test_ci_never_writes_into_golden(self):
         target = REPO / "golden" / "ci-guard-test.h5"
-        run = generate("--config", str(CONFIG), "--out", str(target), *FAST, env={"CI": "true"},
+        run = generate("--config", str(CONFIG), "--out", str(target), *LM_ONLY, env={"CI": "true"},
                        check=False)
         self.assertEqual(run.returncode, 2)
         self.assertIn("CI=true: refusing", run.stderr)
         self.assertFalse(target.exists())
+
+
+class ReferencePaths(unittest.TestCase):
+    def test_random_weights_get_mlx_vlm_paths_model_directories_do_not(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "g.h5"
+            generate("--config", str(CONFIG), "--out", str(out), "--scenarios", "full_prefill",
+                     "--vlm-extras", "none")
+            with h5py.File(out, "r") as f:
+                self.assertEqual(sorted(f["scenarios"]), ["full_prefill"])
+                self.assertEqual(sorted(f["scenarios/full_prefill"]), ["mlx_lm", "mlx_vlm"])
+                self.assertIn("vlm_json", f["config"].attrs)
+                self.assertEqual(f.attrs["weights_source"], "random")
+                # The vlm schedule reads the prompt mlx-lm ran, stored once under /inputs.
+                schedule = json.loads(f["scenarios/full_prefill/mlx_vlm"].attrs["schedule_json"])
+                self.assertEqual(schedule[0]["tokens"], "/inputs/token_ids")
+            run = generate("--config", str(CONFIG), "--make-checkpoint", "q4", "--out",
+                           str(Path(tmp) / "ck"), "--vlm-extras", "none", check=False)
+            self.assertEqual(run.returncode, 2)
+            self.assertIn("model directories have mlx-lm paths only", run.stderr)
 
 
 class FreshnessCheck(unittest.TestCase):
@@ -143,15 +167,15 @@ class AtomicWrites(unittest.TestCase):
     def test_killed_file_generation(self):
         with tempfile.TemporaryDirectory() as tmp:
             out, ref = Path(tmp) / "g.h5", Path(tmp) / "ref.h5"
-            generate("--config", str(CONFIG), "--out", str(out), *FAST)
-            generate("--config", str(CONFIG), "--out", str(ref), *FAST, "--seed", "9")
+            generate("--config", str(CONFIG), "--out", str(out), *LM_ONLY)
+            generate("--config", str(CONFIG), "--out", str(ref), *LM_ONLY, "--seed", "9")
             old = out.read_bytes()
 
             def state(p):
                 if p.read_bytes() == old:
                     return "old"
                 return "new" if compare_files(ref, p) == [] else "broken"
-            self._kill_at(["--config", str(CONFIG), "--out", str(out), *FAST, "--seed", "9",
+            self._kill_at(["--config", str(CONFIG), "--out", str(out), *LM_ONLY, "--seed", "9",
                            "--reason", "kill test"], [0.3, 1.0, 1.6, 2.2, 2.8], out, "old", "new", state)
 
     def test_killed_checkpoint_generation(self):

@@ -40,23 +40,21 @@ struct Attention {
                         trace: SubStepTrace) -> Tensor {
         let (B, L) = (x.shape[0], x.shape[1])
         let hd = headDim
-        // q_proj packs [query(hd) ‖ gate(hd)] per head.
-        let packed = x.linear(qProj, bias: qBias).reshaped([B, L, heads, 2 * hd])
-        trace("q_proj", packed)
+        // q_proj packs [query(hd) ‖ gate(hd)] per head. Each sub-step goes through a tap that
+        // records it (ParityCore/SubSteps.swift names them) and hands back what the layer uses.
+        let packed = trace.tap("q_proj", x.linear(qProj, bias: qBias)).reshaped([B, L, heads, 2 * hd])
         let queries = packed.slice(axis: 3, start: 0, length: hd)
-        let gate = packed.slice(axis: 3, start: hd, length: hd).reshaped([B, L, heads * hd])
-        trace("gate", gate)
-        let keys = x.linear(kProj, bias: kBias).reshaped([B, L, kvHeads, hd])
-        let values = x.linear(vProj, bias: vBias).reshaped([B, L, kvHeads, hd])
-        var q = queries.rmsNorm(weight: qNorm, eps: eps).permuted([0, 2, 1, 3])   // [B, H, L, hd]
-        var k = keys.rmsNorm(weight: kNorm, eps: eps).permuted([0, 2, 1, 3])      // [B, Hkv, L, hd]
-        let v = values.permuted([0, 2, 1, 3])
-        trace("q_normed", q); trace("k_normed", k); trace("v", v)
+        let gate = trace.tap("gate", packed.slice(axis: 3, start: hd, length: hd).reshaped([B, L, heads * hd]))
+        let keys = trace.tap("k_proj", x.linear(kProj, bias: kBias)).reshaped([B, L, kvHeads, hd])
+        let v = trace.tap("v", x.linear(vProj, bias: vBias).reshaped([B, L, kvHeads, hd]).permuted([0, 2, 1, 3]))
+        var q = trace.tap("q_normed", queries.rmsNorm(weight: qNorm, eps: eps)).permuted([0, 2, 1, 3])  // [B, H, L, hd]
+        var k = trace.tap("k_normed", keys.rmsNorm(weight: kNorm, eps: eps)).permuted([0, 2, 1, 3])     // [B, Hkv, L, hd]
 
         let offsets = cache?.offsets(batch: B) ?? [Int](repeating: 0, count: B)
         rope.apply(&q, offsets: offsets)
         rope.apply(&k, offsets: offsets)
-        trace("q_rope", q); trace("k_rope", k)
+        q = trace.tap("q_rope", q)
+        k = trace.tap("k_rope", k)
 
         var allKeys = k, allValues = v
         if var c = cache {
@@ -65,14 +63,10 @@ struct Attention {
             c.keys = allKeys; c.values = allValues; c.length += L
             cache = c
         }
-        let attended = scaledDotProductAttention(q, allKeys, allValues, mask: mask)   // [B, H, L, hd]
-        trace("sdpa", attended)
+        let attended = trace.tap("sdpa", scaledDotProductAttention(q, allKeys, allValues, mask: mask))   // [B, H, L, hd]
         var gated = attended.permuted([0, 2, 1, 3]).reshaped([B, L, heads * hd])
         for i in gated.data.indices { gated.data[i] *= Activation.sigmoid(gate.data[i]) }
-        trace("gated", gated)
-        let out = gated.linear(oProj, bias: oBias)
-        trace("o_proj", out)
-        return out
+        return trace.tap("o_proj", trace.tap("gated", gated).linear(oProj, bias: oBias))
     }
 
     /// The op-level SDPA of mlx on CPU: `q·scale`, `S = q Kᵀ`, mask, float32 softmax, `P V`.

@@ -33,11 +33,12 @@ struct GatedDeltaNet {
         let (Hk, dk, Hv, dv) = (keyHeads, keyDim, valueHeads, valueDim)
         let Kd = Hk * dk, Cc = 2 * Kd + Hv * dv, window = kernel - 1
 
-        var qkv = x.linear(inProjQKV)                     // [B, S, Cc]
-        let z = x.linear(inProjZ)                         // [B, S, Vd]
-        let b = x.linear(inProjB)                         // [B, S, Hv]
-        let a = x.linear(inProjA)                         // [B, S, Hv]
-        trace("qkv", qkv); trace("z", z); trace("b", b); trace("a", a)
+        // Every sub-step goes through a tap that records it (ParityCore/SubSteps.swift names
+        // them) and hands back what the layer computes on with.
+        var qkv = trace.tap("qkv", x.linear(inProjQKV))   // [B, S, Cc]
+        let z = trace.tap("z", x.linear(inProjZ))         // [B, S, Vd]
+        let b = trace.tap("b", x.linear(inProjB))         // [B, S, Hv]
+        let a = trace.tap("a", x.linear(inProjA))         // [B, S, Hv]
 
         // Masked (padding) steps feed zeros to the convolution.
         if let mask {
@@ -51,20 +52,19 @@ struct GatedDeltaNet {
             c.convState = nextConvState(convInput, lengths: c.lengths, steps: S)
             cache = c
         }
-        let convOut = depthwiseConvSilu(convInput, steps: S)        // [B, S, Cc]
-        trace("conv_out", convOut)
+        // conv_out is traced before silu: what mlx-lm's conv1d module returns.
+        let convOut = trace.tap("conv_out", depthwiseConv(convInput, steps: S)).map(Activation.silu)   // [B, S, Cc]
 
         // Split channels into q ‖ k ‖ v and l2-normalise q and k (the dk^-½ readout scale folded into q).
         let inverseScale = 1 / Double(dk).squareRoot()
         let rmsEps = Float(1e-6 * inverseScale * inverseScale)
-        let q = convOut.slice(axis: 2, start: 0, length: Kd).reshaped([B, S, Hk, dk])
-            .rmsNorm(weight: nil, eps: rmsEps) * Float(inverseScale * inverseScale)
-        let k = convOut.slice(axis: 2, start: Kd, length: Kd).reshaped([B, S, Hk, dk])
-            .rmsNorm(weight: nil, eps: rmsEps) * Float(inverseScale)
-        let v = convOut.slice(axis: 2, start: 2 * Kd, length: Hv * dv).reshaped([B, S, Hv, dv])
-        trace("q_normed", q); trace("k_normed", k); trace("v", v)
+        let q = trace.tap("q_normed", convOut.slice(axis: 2, start: 0, length: Kd).reshaped([B, S, Hk, dk])
+            .rmsNorm(weight: nil, eps: rmsEps) * Float(inverseScale * inverseScale))
+        let k = trace.tap("k_normed", convOut.slice(axis: 2, start: Kd, length: Kd).reshaped([B, S, Hk, dk])
+            .rmsNorm(weight: nil, eps: rmsEps) * Float(inverseScale))
+        let v = trace.tap("v", convOut.slice(axis: 2, start: 2 * Kd, length: Hv * dv).reshaped([B, S, Hv, dv]))
 
-        let beta = b.map(Activation.sigmoid)
+        let beta = trace.tap("beta", b.map(Activation.sigmoid))
         var g = a
         for r in 0..<(B * S) {
             for h in 0..<Hv {
@@ -72,11 +72,11 @@ struct GatedDeltaNet {
                 g.data[i] = MLXMath.exp(-MLXMath.exp(aLog.data[h]) * Activation.softplus(a.data[i] + dtBias.data[h]))
             }
         }
-        trace("beta", beta); trace("g", g)
+        g = trace.tap("g", g)
 
         var recurrent = cache?.recurrentState ?? Tensor(zeros: [B, Hv, dv, dk])
-        let y = deltaRule(q: q, k: k, v: v, g: g, beta: beta, state: &recurrent, mask: mask)   // [B, S, Hv, dv]
-        trace("core_out", y); trace("final_state", recurrent)
+        let y = trace.tap("core_out", deltaRule(q: q, k: k, v: v, g: g, beta: beta, state: &recurrent, mask: mask))   // [B, S, Hv, dv]
+        recurrent = trace.tap("final_state", recurrent)
         if var c = cache {
             c.recurrentState = recurrent
             // ArraysCache.advance: padding bookkeeping moves with every call.
@@ -86,13 +86,10 @@ struct GatedDeltaNet {
         }
 
         // Gated RMSNorm per value head: norm(y)·w, then silu(z) times it in float32.
-        let normed = y.rmsNorm(weight: normWeight, eps: eps)
-        var gatedOut = normed.reshaped([B, S, Hv * dv])
+        var gatedOut = y.rmsNorm(weight: normWeight, eps: eps)      // [B, S, Hv, dv]; z is [B, S, Vd]
         for i in gatedOut.data.indices { gatedOut.data[i] = Activation.silu(z.data[i]) * gatedOut.data[i] }
-        trace("gated_norm_out", gatedOut)
-        let out = gatedOut.linear(outProj)
-        trace("out_proj", out)
-        return out
+        gatedOut = trace.tap("gated_norm_out", gatedOut)
+        return trace.tap("out_proj", gatedOut.reshaped([B, S, Hv * dv]).linear(outProj))
     }
 
     /// The last `K−1` inputs of the window; with `lengths`, the last `K−1` real ones of each row.
@@ -110,6 +107,11 @@ struct GatedDeltaNet {
 
     /// `out[t, c] = silu(Σ_j in[t + j, c] · w[c, j])`: cross-correlation, no kernel flip.
     func depthwiseConvSilu(_ input: Tensor, steps S: Int) -> Tensor {
+        depthwiseConv(input, steps: S).map(Activation.silu)
+    }
+
+    /// `out[t, c] = Σ_j in[t + j, c] · w[c, j]`, summed in order in float32.
+    func depthwiseConv(_ input: Tensor, steps S: Int) -> Tensor {
         let (B, span, Cc) = (input.shape[0], input.shape[1], input.shape[2])
         var out = [Float](repeating: 0, count: B * S * Cc)
         for b in 0..<B {
@@ -117,7 +119,7 @@ struct GatedDeltaNet {
                 for c in 0..<Cc {
                     var sum: Float = 0
                     for j in 0..<kernel { sum += input.data[(b * span + t + j) * Cc + c] * convWeight.data[c * kernel + j] }
-                    out[(b * S + t) * Cc + c] = Activation.silu(sum)
+                    out[(b * S + t) * Cc + c] = sum
                 }
             }
         }

@@ -34,8 +34,7 @@ struct DecoderLayer {
     func callAsFunction(_ x: Tensor, attentionMask: AttentionMask, ssmMask: [Bool]?,
                         cache: inout LayerCache?, trace: TraceSink?) -> Tensor {
         let steps = SubStepTrace(sink: trace, layer: index)
-        let normed = x.rmsNorm(weight: inputNorm, eps: eps)
-        steps("input_norm", normed)
+        let normed = steps.tap("input_norm", x.rmsNorm(weight: inputNorm, eps: eps))
         let mixed: Tensor
         switch mixer {
         case .linear(let gdn):
@@ -50,9 +49,7 @@ struct DecoderLayer {
             if let c { cache = .attention(c) }
         }
         let h = x + mixed
-        let ffn = feedForward(h.rmsNorm(weight: postAttentionNorm, eps: eps))
-        steps("mlp_out", ffn)
-        return h + ffn
+        return h + steps.tap("mlp_out", feedForward(h.rmsNorm(weight: postAttentionNorm, eps: eps)))
     }
 }
 

@@ -6,7 +6,7 @@ public struct QwenParity: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "qwen-parity",
         abstract: "Checks Swift implementations of Qwen 3.5 against golden tensors from mlx-lm and mlx-vlm.",
-        subcommands: [Check.self])
+        subcommands: [Check.self, DiffCommand.self, InspectCommand.self])
     public init() {}
 }
 
@@ -103,7 +103,7 @@ public struct Check: ParsableCommand {
     public func run() throws {
         var invariants = invariant.isEmpty ? nil : Set(invariant)
         // A scenario filter is about golden parity; other invariants run only when named.
-        if !scenario.isEmpty && invariants == nil { invariants = ["golden-lm"] }
+        if !scenario.isEmpty && invariants == nil { invariants = ["golden-lm", "golden-vlm"] }
         let scenarios = scenario.isEmpty ? nil : Set(scenario)
         var rows: [InvariantRow] = []
         var staleFiles = 0
@@ -122,10 +122,12 @@ public struct Check: ParsableCommand {
                     print("  regenerate: make golden (then review and commit), or compare anyway with --ignore-stale\n")
                     if !ignoreStale { continue }
                 }
-                if layers && (invariants?.contains("golden-lm") ?? true) {
-                    for report in try GoldenParity.check(golden, scenarios: scenarios, modelDirectory: modelDirectory) {
-                        print(TextReport.render(report))
-                        print("")
+                if layers && (invariants?.contains { $0.hasPrefix("golden-") } ?? true) {
+                    let file = try GoldenParity.checkFile(golden, scenarios: scenarios, modelDirectory: modelDirectory)
+                    for report in file.scenarios { print(TextReport.render(report)); print("") }
+                    for text in [TextReport.renderExact(file.exact, file: golden.name),
+                                 TextReport.renderComparisons(file.comparisons, file: golden.name)] where !text.isEmpty {
+                        print(text); print("")
                     }
                 }
                 rows += InvariantRegistry.run(golden, only: invariants, scenarios: scenarios, modelDirectory: modelDirectory)

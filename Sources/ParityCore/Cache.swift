@@ -57,6 +57,9 @@ public final class PromptCache: @unchecked Sendable {
         }
     }
 
+    /// A cache holding these layer caches (a row extracted from a batch cache, a merged one).
+    public init(layers: [LayerCache]) { self.layers = layers }
+
     public var firstAttention: AttentionCache? {
         for case let .attention(c) in layers { return c }
         return nil

@@ -113,8 +113,8 @@ extension QwenLanguageModel {
 
 /// Records the sub-steps of one layer when the sink wants them; free otherwise.
 public struct SubStepTrace {
-    private let sink: TraceSink?
-    private let layer: Int
+    let sink: TraceSink?
+    let layer: Int
     public let isActive: Bool
 
     public init(sink: TraceSink?, layer: Int) {

@@ -3,6 +3,7 @@ import Foundation
 import GoldenIO
 import ParityCore
 import ParityTensor
+import VLMMirror
 
 // Reads a golden file written by tools/make_golden.py (layout: docs/golden-format.md).
 
@@ -28,7 +29,11 @@ public enum GoldenError: Error, CustomStringConvertible {
 
 /// One scenario of a golden: how it was run and what each reference produced.
 public struct GoldenScenario: Sendable {
-    public enum Kind: String, Sendable { case single, batch }
+    public enum Kind: String, Sendable {
+        case single, batch
+        /// Explicit LanguageModel calls, listed per path in its `schedule_json`.
+        case mrope
+    }
     public var name: String
     public var kind: Kind
     public var description: String
@@ -37,6 +42,9 @@ public struct GoldenScenario: Sendable {
     public var cached: Bool
     /// Reference paths stored for this scenario (e.g. "mlx_lm").
     public var paths: [String]
+    /// Hazard scenarios: what goes wrong in the library (the `mlx_vlm` path), with the same calls
+    /// made correctly under `mlx_vlm_correct`.
+    public var hazard: String? = nil
 }
 
 public final class GoldenFile {
@@ -199,6 +207,157 @@ public final class GoldenFile {
         let description = (try? file.stringAttribute("description", of: group)) ?? ""
         let cached = try file.intAttribute("cached", of: group) != 0
         let paths = try file.children(of: group).filter { file.isGroup(group + "/" + $0) }
-        return GoldenScenario(name: name, kind: kind, description: description, calls: calls, cached: cached, paths: paths)
+        let hazard = file.hasAttribute("hazard", of: group) ? try file.stringAttribute("hazard", of: group) : nil
+        return GoldenScenario(name: name, kind: kind, description: description, calls: calls, cached: cached,
+                              paths: paths, hazard: hazard)
+    }
+}
+
+// MARK: - mlx-vlm
+
+/// What /config says about mlx-vlm's model: its text config, resolved by Swift the way mlx-vlm
+/// does it, and the token ids and merge size get_rope_index reads.
+public struct VLMGoldenConfig {
+    public var text: TextConfig
+    public var multimodal: MultimodalConfig
+    /// mlx-vlm's own record of what it ran (rotary, selector, inv_freq, token ids).
+    public var effective: [String: Any]
+}
+
+extension GoldenFile {
+    /// The mlx-vlm side of /config, or nil for a golden written without mlx-vlm.
+    public func vlmConfig() throws -> VLMGoldenConfig? {
+        guard file.hasAttribute("vlm_json", of: "/config") else { return nil }
+        let source = "\(path): /config vlm_json"
+        let json = try file.stringAttribute("vlm_json", of: "/config")
+        guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+              let text = object["text_config"] else {
+            throw GoldenError.invalid(file: path, path: "/config vlm_json", reason: "no text_config object")
+        }
+        let textConfig = try TextConfig.mlxVLM(json: JSONSerialization.data(withJSONObject: text), source: source)
+        let multimodal = try MultimodalConfig.decode(Data(json.utf8), source: source)
+        let effectiveText = try file.stringAttribute("vlm_effective_json", of: "/config")
+        guard let effective = try? JSONSerialization.jsonObject(with: Data(effectiveText.utf8)) as? [String: Any] else {
+            throw GoldenError.invalid(file: path, path: "/config vlm_effective_json", reason: "not a JSON object")
+        }
+        var differences: [String] = []
+        func check(_ key: String, _ mine: Double) {
+            guard let theirs = (effective[key] as? NSNumber)?.doubleValue else { differences.append("\(key) missing"); return }
+            if theirs != mine { differences.append("\(key): Swift \(mine), mlx-vlm \(theirs)") }
+        }
+        check("rotary_dims", Double(textConfig.rotaryDims))
+        check("rope_theta", textConfig.ropeTheta)
+        check("head_dim", Double(textConfig.headDim))
+        check("full_attention_interval", Double(textConfig.fullAttentionInterval))
+        check("spatial_merge_size", Double(multimodal.spatialMergeSize))
+        check("image_token_id", Double(multimodal.imageTokenId))
+        check("video_token_id", Double(multimodal.videoTokenId))
+        check("vision_start_token_id", Double(multimodal.visionStartTokenId))
+        check("vision_end_token_id", Double(multimodal.visionEndTokenId))
+        if (effective["mrope_section"] as? [Int]) != textConfig.mropeSection {
+            differences.append("mrope_section: Swift \(textConfig.mropeSection), mlx-vlm \(effective["mrope_section"] ?? "missing")")
+        }
+        if let kinds = effective["layer_types"] as? [String], kinds != textConfig.layerKinds.map(\.rawValue) {
+            differences.append("layer_types: Swift \(textConfig.layerKinds.map(\.rawValue)), mlx-vlm \(kinds)")
+        }
+        guard differences.isEmpty else { throw GoldenError.configDisagrees(file: path, differences: differences) }
+        return VLMGoldenConfig(text: textConfig, multimodal: multimodal, effective: effective)
+    }
+
+    /// The explicit calls stored for one path (`schedule_json`), with every referenced input read.
+    public func schedule(_ scenario: GoldenScenario, path reference: String) throws -> [ScheduledCall]? {
+        let group = "/scenarios/\(scenario.name)/\(reference)"
+        guard file.hasAttribute("schedule_json", of: group) else { return nil }
+        let text = try file.stringAttribute("schedule_json", of: group)
+        guard let calls = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]] else {
+            throw GoldenError.invalid(file: path, path: group + " schedule_json", reason: "not a list of call objects")
+        }
+        var tokenCache: [String: [[Int]]] = [:]
+        func ints2(_ dataset: String) throws -> [[Int]] {
+            if let cached = tokenCache[dataset] { return cached }
+            let rows = try tokenRows(dataset)
+            tokenCache[dataset] = rows
+            return rows
+        }
+        func invalid(_ i: Int, _ reason: String) -> GoldenError {
+            GoldenError.invalid(file: path, path: group + " schedule_json[\(i)]", reason: reason)
+        }
+        return try calls.enumerated().map { i, object in
+            guard let tokens = object["tokens"] as? String, let start = object["start"] as? Int,
+                  let length = object["length"] as? Int, length > 0,
+                  let cacheText = object["cache"] as? String else {
+                throw invalid(i, "needs tokens, start, length and cache")
+            }
+            func slice(_ rows: [[Int]]) throws -> [[Int]] {
+                guard let width = rows.first?.count, start >= 0, start + length <= width else {
+                    throw invalid(i, "columns \(start)..<\(start + length) outside the input")
+                }
+                return rows.map { Array($0[start..<(start + length)]) }
+            }
+            var call = VLMCall(inputs: try slice(ints2(tokens)))
+            if let name = object["embeddings"] as? String {
+                let e = try tensor(name)
+                guard e.rank == 3, start + length <= e.shape[1] else { throw invalid(i, "embeddings \(e.shape) too short") }
+                call.inputEmbeddings = e.slice(axis: 1, start: start, length: length)
+            }
+            if let name = object["position_ids"] as? String {
+                let p = try file.readInt32s(name)
+                switch p.shape.count {
+                case 2: call.positionIds = VLMPositions(axes: 1, batch: p.shape[0], length: p.shape[1], values: p.values.map(Int.init))
+                case 3 where p.shape[0] == 3:
+                    call.positionIds = VLMPositions(axes: 3, batch: p.shape[1], length: p.shape[2], values: p.values.map(Int.init))
+                default: throw invalid(i, "position_ids of shape \(p.shape)")
+                }
+            }
+            if let name = object["rope_deltas"] as? String {
+                call.ropeDeltas = try file.readInt32s(name).values.map(Int.init)
+            }
+            if let name = object["image_grid_thw"] as? String { call.imageGrid = try ints2(name) }
+            if let name = object["video_grid_thw"] as? String { call.videoGrid = try ints2(name) }
+            if let name = object["attention_mask"] as? String { call.attentionMask = try slice(ints2(name)) }
+            let action: ScheduledCall.CacheAction
+            switch cacheText {
+            case "none": action = .none
+            case "keep": action = .keep
+            case "new":
+                action = .new(leftPadding: try (object["left_padding"] as? String).map {
+                    try file.readInt32s($0).values.map(Int.init)
+                })
+            default: throw invalid(i, "unknown cache action '\(cacheText)'")
+            }
+            return ScheduledCall(call: call, cache: action, resetState: object["reset_state"] as? Bool ?? false)
+        }
+    }
+
+    /// One get_rope_index case run by the library: inputs and what it returned.
+    public struct RopeIndexCase {
+        public var name: String
+        public var description: String
+        public var inputIds: [[Int]]
+        public var imageGrid: [[Int]]?
+        public var videoGrid: [[Int]]?
+        public var attentionMask: [[Int]]?
+        public var positionIds: VLMPositions
+        public var ropeDeltas: [Int]
+    }
+
+    public func ropeIndexCases() throws -> [RopeIndexCase] {
+        guard file.exists("/rope_index") else { return [] }
+        return try file.children(of: "/rope_index").map { name in
+            let g = "/rope_index/" + name
+            func optional(_ key: String) throws -> [[Int]]? { file.exists(g + "/" + key) ? try tokenRows(g + "/" + key) : nil }
+            let p = try file.readInt32s(g + "/position_ids")
+            let positions: VLMPositions
+            switch p.shape.count {
+            case 2: positions = VLMPositions(axes: 1, batch: p.shape[0], length: p.shape[1], values: p.values.map(Int.init))
+            case 3: positions = VLMPositions(axes: 3, batch: p.shape[1], length: p.shape[2], values: p.values.map(Int.init))
+            default: throw GoldenError.invalid(file: path, path: g + "/position_ids", reason: "shape \(p.shape)")
+            }
+            return RopeIndexCase(
+                name: name, description: (try? file.stringAttribute("description", of: g)) ?? "",
+                inputIds: try tokenRows(g + "/input_ids"), imageGrid: try optional("image_grid_thw"),
+                videoGrid: try optional("video_grid_thw"), attentionMask: try optional("attention_mask"),
+                positionIds: positions, ropeDeltas: try file.readInt32s(g + "/rope_deltas").values.map(Int.init))
+        }
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import LMMirror
 import ParityCore
 import ParityTensor
+import VLMMirror
 
 // Declared equivalences: each invariant names what it compares, its tolerance class and the
 // goldens it runs on, declared once here and run by `qwen-parity check` / `make parity`.
@@ -9,11 +10,19 @@ import ParityTensor
 /// The implementations an invariant may run, built once per golden. Tests substitute faulty ones.
 public struct Implementations {
     public var lm: QwenLanguageModel
+    /// A fresh vlm mirror per scenario: it keeps position state between calls, as mlx-vlm does.
+    public var makeVLM: (() -> QwenLanguageModel)?
 
-    public init(lm: QwenLanguageModel) { self.lm = lm }
+    public init(lm: QwenLanguageModel, makeVLM: (() -> QwenLanguageModel)? = nil) {
+        self.lm = lm
+        self.makeVLM = makeVLM
+    }
 
-    public static func standard(config: TextConfig, weights: Weights) -> Implementations {
-        Implementations(lm: LMTextModel(config: config, weights: weights))
+    public static func standard(_ golden: GoldenFile, modelDirectory: String? = nil) throws -> Implementations {
+        let weights = try golden.weights(modelDirectory: modelDirectory)
+        let vlm = try golden.vlmConfig()
+        return Implementations(lm: LMTextModel(config: golden.config, weights: weights),
+                               makeVLM: vlm.map { v in { VLMTextModel(config: v.text, multimodal: v.multimodal, weights: weights) } })
     }
 }
 
@@ -84,6 +93,11 @@ public enum InvariantRegistry {
         Invariant(id: "golden-lm", compares: "lm mirror vs mlx-lm golden, every scenario, layer, logit and cache "
                   + "(bf16 reference runs: atol 2e-5 + mlx's own bf16-to-float32 gap)",
                   tolerance: .exact, measure: goldenParity),
+        Invariant(id: "golden-vlm", compares: "vlm mirror vs mlx-vlm golden: text schedules, MRoPE scenarios and the "
+                  + "stateful hazards, every layer and logit (positions and stored position state exact)",
+                  tolerance: .exact, appliesTo: { $0.file.hasAttribute("vlm_json", of: "/config") }, measure: goldenVLM),
+        Invariant(id: "vlm-rope-index", compares: "vlm mirror get_rope_index and MRoPE tables vs mlx-vlm (one and several images)",
+                  tolerance: .exact, appliesTo: { $0.file.exists("/rope_index") }, measure: ropeIndex),
         Invariant(id: "lm-uncached-vs-cached", compares: "lm mirror: no cache vs fresh prompt cache, whole prompt",
                   tolerance: .exact, measure: uncachedVersusCached),
         Invariant(id: "lm-prefill-vs-prefix-decode", compares: "lm mirror: whole prompt vs prefix then one-token decodes",
@@ -99,8 +113,7 @@ public enum InvariantRegistry {
         let chosen = all.filter { (only?.contains($0.id) ?? true) && $0.appliesTo(golden) }
         let impls: Implementations
         do {
-            impls = try implementations ?? .standard(config: golden.config,
-                                                     weights: golden.weights(modelDirectory: modelDirectory))
+            impls = try implementations ?? .standard(golden, modelDirectory: modelDirectory)
         } catch {
             return chosen.map { row($0, golden, verdict: .error, detail: "\(error)") }
         }
@@ -122,9 +135,12 @@ public enum InvariantRegistry {
                 result.worst = worst
                 result.pairs = measurements.count
                 let failing = measurements.filter { !($0.tolerance ?? invariant.tolerance).accepts($0.difference) }
+                let ownBound = measurements.filter { $0.tolerance != nil && $0.tolerance != invariant.tolerance }.count
+                if ownBound > 0 { result.detail = "\(ownBound) pair(s) under their own bound (bf16 run: 2e-5 + its float32 twin's gap)" }
                 if !failing.isEmpty {
                     result.verdict = .fail
                     result.detail = "\(failing.count) of \(measurements.count) failing, first: \(failing[0].label)"
+                        + (result.detail.isEmpty ? "" : "; " + result.detail)
                     if !worst.histogramText.isEmpty { result.detail += "; ULP histogram \(worst.histogramText)" }
                 }
                 return result
@@ -157,18 +173,42 @@ public enum InvariantRegistry {
         try golden.validate(only: c.scenarios)
         for scenario in try golden.scenarios() where c.scenarios?.contains(scenario.name) ?? true {
           for reference in scenario.paths where GoldenParity.mirroredByLM.contains(reference) {
-            let report = GoldenParity.checkScenario(golden, scenario, reference: reference, model: c.implementations.lm, name: "lm mirror")
+            let (report, _) = GoldenParity.checkScenario(golden, scenario, reference: reference, model: c.implementations.lm, name: "lm mirror")
             if let error = report.error { throw GoldenError.invalid(file: golden.path, path: "/scenarios/" + scenario.name, reason: error) }
-            for row in report.rows {
-                var d = row.difference ?? Difference()
-                // A row without numbers (the determinism self-check) counts only when it failed.
-                if row.difference == nil && row.verdict != .pass { d.differingElements = 1; d.maxAbs = .infinity }
-                out.append(Measurement(label: "\(scenario.name) \(row.item)", difference: d,
-                                       tolerance: row.tolerance == .exact ? nil : row.tolerance))
-            }
+            out += measurements(report.rows, label: scenario.name)
           }
         }
         return out
+    }
+
+    static func goldenVLM(_ c: InvariantContext) throws -> [Measurement] {
+        guard let makeVLM = c.implementations.makeVLM else { return [] }
+        var out: [Measurement] = []
+        for scenario in try c.golden.scenarios() where c.scenarios?.contains(scenario.name) ?? true {
+            for reference in scenario.paths where reference.hasPrefix("mlx_vlm") {
+                let (report, _) = GoldenParity.checkScenario(c.golden, scenario, reference: reference, model: makeVLM(), name: "vlm mirror")
+                if let error = report.error {
+                    throw GoldenError.invalid(file: c.golden.path, path: "/scenarios/\(scenario.name)/\(reference)", reason: error)
+                }
+                out += measurements(report.rows, label: "\(scenario.name) \(reference)")
+            }
+        }
+        return out
+    }
+
+    static func ropeIndex(_ c: InvariantContext) throws -> [Measurement] {
+        guard let vlm = try c.golden.vlmConfig() else { return [] }
+        return measurements(try GoldenParity.checkRopeTables(c.golden, vlm), label: "rope")
+    }
+
+    /// Parity rows as measurements; a row without a tensor difference (a shape, a position table)
+    /// counts as one differing element when it failed.
+    static func measurements(_ rows: [ParityRow], label: String) -> [Measurement] {
+        rows.map { row in
+            var d = row.difference ?? Difference()
+            if row.difference == nil && row.verdict != .pass { d.differingElements = 1; d.maxAbs = .infinity }
+            return Measurement(label: "\(label) \(row.item)", difference: d, tolerance: row.tolerance)
+        }
     }
 
     static func prompt(_ golden: GoldenFile) throws -> [Int] {

@@ -1,17 +1,55 @@
 import ParityCore
 import ParityTensor
+import VLMMirror
 
 // Runs one scenario's call schedule on an implementation and keeps what the goldens store.
 
-/// The inputs of a schedule: one sequence split into calls, or a left-padded batch then decodes.
+/// One explicit call of mlx-vlm's LanguageModel: its arguments, what happens to the cache
+/// before it, and whether the model's stored positions are cleared first.
+public struct ScheduledCall: Sendable {
+    public enum CacheAction: Sendable, Equatable {
+        /// `cache=None`.
+        case none
+        /// A fresh cache (`leftPadding`: BatchKVCache + ArraysCache with that padding).
+        case new(leftPadding: [Int]?)
+        /// The cache of the previous call.
+        case keep
+    }
+
+    public var call: VLMCall
+    public var cache: CacheAction
+    public var resetState: Bool
+
+    public init(call: VLMCall, cache: CacheAction, resetState: Bool) {
+        self.call = call
+        self.cache = cache
+        self.resetState = resetState
+    }
+}
+
+/// The inputs of a schedule: one sequence split into calls, a left-padded batch then decodes,
+/// or explicit LanguageModel calls (the mlx-vlm paths).
 public enum ScheduleInput: Sendable {
     case single(tokens: [Int], calls: [Int], cached: Bool)
     case batch(rows: [[Int]], leftPadding: [Int], decodeSteps: [[Int]])
+    case calls([ScheduledCall])
 
     public var batchSize: Int {
         switch self {
         case .single: return 1
         case .batch(let rows, _, _): return rows.count
+        case .calls(let calls): return calls.first?.call.inputs.count ?? 0
+        }
+    }
+
+    /// Time positions `t` of row `b` that hold a real token (left padding excluded).
+    public var leftPadding: [Int] {
+        switch self {
+        case .single: return []
+        case .batch(_, let padding, _): return padding
+        case .calls(let calls):
+            for c in calls { if case .new(let padding?) = c.cache { return padding } }
+            return []
         }
     }
 }
@@ -23,6 +61,11 @@ public struct ScheduleResult {
     public var logits: Tensor         // [B, T, V], every position
     /// Cache contents right after the prompt (before any batch decode step).
     public var cacheAfterPrompt: [LayerCache]?
+    /// Explicit-call schedules: the positions each call ran with, and the stored state after it.
+    public var positionIds: [VLMPositions?] = []
+    public var stateAfter: [VLMPositionState] = []
+    /// Token count of every call, in order.
+    public var callLengths: [Int] = []
 }
 
 public enum ScheduleError: Error, CustomStringConvertible {
@@ -39,6 +82,8 @@ public enum ScheduleRunner {
         var logits: [Tensor] = []
         var cache: PromptCache?
         var afterPrompt: [LayerCache]?
+        var positions: [VLMPositions?] = []
+        var states: [VLMPositionState] = []
         switch input {
         case let .single(tokens, calls, cached):
             // Bounding each call first keeps the sum from overflowing on absurd counts.
@@ -54,6 +99,24 @@ public enum ScheduleRunner {
                 logits.append(try model.forward(.tokens([Array(tokens[start..<(start + n)])]), positionIds: nil,
                                                 cache: cache, trace: recorder))
                 start += n
+            }
+            afterPrompt = cache?.layers
+        case let .calls(calls):
+            guard let vlm = model as? VLMTextModel else {
+                throw ScheduleError.inconsistent("explicit LanguageModel calls need the mlx-vlm mirror")
+            }
+            for (i, scheduled) in calls.enumerated() {
+                if scheduled.resetState { vlm.resetPositionState() }
+                switch scheduled.cache {
+                case .none: cache = nil
+                case .new(let padding): cache = vlm.makeCache(leftPadding: padding)
+                case .keep:
+                    guard i > 0 else { throw ScheduleError.inconsistent("the first call keeps a cache it never had") }
+                }
+                let result = try vlm(scheduled.call, cache: cache, trace: recorder)
+                logits.append(result.logits)
+                positions.append(result.positionIds)
+                states.append(vlm.state)
             }
             afterPrompt = cache?.layers
         case let .batch(rows, leftPadding, decodeSteps):
@@ -80,7 +143,8 @@ public enum ScheduleRunner {
         let stacked = Tensor.concatenate(hidden.map { $0.reshaped([1] + $0.shape) }, axis: 0)
         return ScheduleResult(hiddenStates: stacked, finalNorm: recorder.joined(.finalNorm)!,
                               logits: logits.count == 1 ? logits[0] : Tensor.concatenate(logits, axis: 1),
-                              cacheAfterPrompt: afterPrompt)
+                              cacheAfterPrompt: afterPrompt, positionIds: positions, stateAfter: states,
+                              callLengths: logits.map { $0.shape[1] })
     }
 
     /// The calls mlx-lm's generate_step makes for a prompt of `length` tokens and a prefill step:

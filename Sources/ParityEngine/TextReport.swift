@@ -65,6 +65,18 @@ public enum TextReport {
         return lines.joined(separator: "\n")
     }
 
+    /// Exact checks of one file: get_rope_index cases and mlx-vlm's rotary tables.
+    public static func renderExact(_ rows: [ParityRow], file: String) -> String {
+        guard !rows.isEmpty else { return "" }
+        let width = max(24, rows.map(\.item.count).max() ?? 0)
+        var lines = ["\(file) · mlx-vlm position tables vs vlm mirror (exact)"]
+        for row in rows {
+            lines.append("  " + row.item.padding(toLength: width, withPad: " ", startingAt: 0) + "  "
+                         + row.verdict.rawValue + (row.note.isEmpty ? "" : "  " + row.note))
+        }
+        return lines.joined(separator: "\n")
+    }
+
     /// "N passed, M failed": skipped or never-run invariants count as failed.
     public static func summary(_ rows: [InvariantRow]) -> String {
         let passed = rows.filter { $0.verdict == .pass }.count
@@ -72,6 +84,39 @@ public enum TextReport {
         var text = "\(passed) passed, \(rows.count - passed) failed"
         if notRun > 0 { text += " (\(notRun) not run, counted as failed)" }
         return text
+    }
+
+    /// Paths against each other: the library's distance beside Swift's, per layer and logits.
+    public static func renderComparisons(_ comparisons: [PathComparison], file: String) -> String {
+        guard !comparisons.isEmpty else { return "" }
+        var lines: [String] = []
+        for kind in [PathComparison.Kind.lmVersusVLM, .hazard, .schedules] {
+            let group = comparisons.filter { $0.kind == kind }
+            guard !group.isEmpty else { continue }
+            let title: String
+            switch kind {
+            case .lmVersusVLM:
+                title = "\(file) · mlx_lm ↔ mlx_vlm max abs on the same text schedule: library (goldens) / Swift (lm mirror ↔ vlm mirror)"
+            case .hazard:
+                title = "\(file) · hazards: max abs |library call − correct call|, library (goldens) / Swift (vlm mirror)"
+            case .schedules:
+                title = "\(file) · one prompt, two schedules (mlx_vlm): max abs, library (goldens) / Swift (vlm mirror)"
+            }
+            lines.append(title)
+            let width = max(28, group.map(\.scenario.count).max() ?? 0) + 2
+            for c in group {
+                var line = "  " + c.scenario.padding(toLength: width, withPad: " ", startingAt: 0)
+                if let l = c.logits { line += "logits " + format(l.library) + " / " + format(l.swift) }
+                let layers = c.rows.filter { $0.item != "logits" }
+                if !layers.isEmpty {
+                    line += "   layers " + layers.map { "\($0.item.split(separator: " ")[1]):\(format($0.library))/\(format($0.swift))" }
+                        .joined(separator: " ")
+                }
+                lines.append(line)
+                lines.append("  " + String(repeating: " ", count: width) + c.explanation)
+            }
+        }
+        return lines.joined(separator: "\n")
     }
 
     public static func summary(_ reports: [ScenarioReport]) -> String {

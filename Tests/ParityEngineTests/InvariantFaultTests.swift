@@ -49,8 +49,10 @@ final class FaultyModel: QwenLanguageModel {
     let golden = try! GoldenFile(path: goldenDirectory.appendingPathComponent("tiny-dense.h5").path)
 
     func failing(with fault: FaultyModel.Fault) throws -> Set<String> {
+        var implementations = try Implementations.standard(golden)
         let lm = LMTextModel(config: golden.config, weights: try golden.weights())
-        let rows = InvariantRegistry.run(golden, implementations: Implementations(lm: FaultyModel(lm, fault: fault)))
+        implementations.lm = FaultyModel(lm, fault: fault)
+        let rows = InvariantRegistry.run(golden, implementations: implementations)
         #expect(rows.count == InvariantRegistry.all.count)
         let broken = rows.filter { $0.verdict == .error || $0.verdict == .notRun }
         #expect(broken.isEmpty, "\(broken.map { "\($0.invariant): \($0.detail)" })")

@@ -404,7 +404,9 @@ enum BadInputCorpus {
         named("cache-layer-missing", ["/scenarios/full_prefill/mlx_lm/cache_after/\(A)"]) {
             try $0.deleteObject("/scenarios/full_prefill/mlx_lm/cache_after/\(A)")
         }
-        named("reference-path-missing", ["/scenarios/no_cache", "reference"]) { try $0.deleteObject("/scenarios/no_cache/mlx_lm") }
+        named("reference-paths-missing", ["/scenarios/no_cache", "reference"]) { file in
+            for path in try file.children(of: "/scenarios/no_cache") { try file.deleteObject("/scenarios/no_cache/" + path) }
+        }
         named("scenarios-group-missing", ["/scenarios"]) { try $0.deleteObject("/scenarios") }
         named("scenarios-group-empty", ["/scenarios"]) { file in
             for s in try file.children(of: "/scenarios") { try file.deleteObject("/scenarios/" + s) }

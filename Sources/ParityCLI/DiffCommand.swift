@@ -1,0 +1,107 @@
+import ArgumentParser
+import Foundation
+import ParityCore
+import ParityEngine
+
+/// Compares two sides on one golden scenario, layer by layer, then inside the first divergent
+/// layer; a third side adds a 2-of-3 vote on which side departs.
+public struct DiffCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "diff",
+        abstract: "Per-layer diff of two sides on a golden scenario: first divergent layer and sub-step, logit metrics, and a 2-of-3 vote.",
+        discussion: """
+        Sides: \(DiffSides.registered.map { "\($0.id) (\($0.summary))" }.joined(separator: "; ")).
+        Sides with the same numerics (golden-lm and lm) are compared bit for bit; others within 2e-5.
+        Goldens store sub-steps only as probes (full_prefill, one GatedDeltaNet and one attention layer).
+        Exit status: 0 when a and b agree (and no side departs in the vote), 1 when they differ, 2 when the
+        diff cannot run (64 for a bad command line).
+        """)
+
+    @Argument(help: "A golden file (.h5) written by tools/make_golden.py.")
+    var file: String
+
+    @Option(name: .long, help: "The golden scenario to run and compare (e.g. full_prefill).")
+    var scenario: String
+
+    @Option(name: .customLong("a"), help: "The reference side.")
+    var a = "golden-lm"
+
+    @Option(name: .customLong("b"), help: "The compared side.")
+    var b = "lm"
+
+    @Option(name: .customLong("c"), help: "A third side: the diff ends with a 2-of-3 vote on which side departs.")
+    var c: String?
+
+    @Option(name: .long, help: "Show this layer's sub-steps (default: the first divergent layer's).")
+    var layer: Int?
+
+    @Option(name: .long, help: ArgumentHelp("Debug: nudge one sub-step of side b in every call, e.g. 2:conv_out.", valueName: "layer:substep"))
+    var fault: String?
+
+    @Option(name: .long, help: ArgumentHelp("Override the pair's tolerance: exact, ulp:N or atol:X.", valueName: "tolerance"))
+    var tolerance: String?
+
+    @Flag(name: .long, help: "Print JSON instead of tables.")
+    var json = false
+
+    public init() {}
+
+    public func validate() throws {
+        for side in [a, b] + (c.map { [$0] } ?? []) where !DiffSides.names.contains(side) {
+            throw ValidationError("unknown side '\(side)'; known: \(DiffSides.names.joined(separator: ", "))")
+        }
+        if let fault { _ = try parse(fault: fault) }
+        if let tolerance { _ = try parse(tolerance: tolerance) }
+    }
+
+    func parse(fault text: String) throws -> SubStepFault {
+        do { return try SubStepFault(parsing: text) } catch { throw ValidationError("\(error)") }
+    }
+
+    func parse(tolerance text: String) throws -> Tolerance {
+        if text == "exact" { return .exact }
+        let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+        if parts.count == 2, parts[0] == "ulp", let k = Int(parts[1]), k >= 0 { return .ulp(k) }
+        if parts.count == 2, parts[0] == "atol", let x = Float(parts[1]), x >= 0 { return .atol(x) }
+        throw ValidationError("bad tolerance '\(text)': expected exact, ulp:N or atol:X")
+    }
+
+    public func run() throws {
+        let report: DiffReport
+        do {
+            let golden = try GoldenFile(path: file)
+            var cached: Weights?
+            let weights = { () throws -> Weights in
+                if let cached { return cached }
+                let w = try golden.weights()
+                cached = w
+                return w
+            }
+            var sides = try ([a, b] + (c.map { [$0] } ?? [])).map { try DiffSides.make($0, golden: golden, weights: weights) }
+            var command = "qwen-parity diff \(file) --scenario \(scenario) --a \(a) --b \(b)"
+            if let fault {
+                let f = try parse(fault: fault)
+                try f.validate(for: golden.config)
+                guard let implementation = sides[1] as? ImplementationSide else { throw DiffError.cannotFault(b) }
+                sides[1] = implementation.faulted(f)
+                command += " --fault \(f)"
+            }
+            if let c { command += " --c \(c)" }
+            if let layer { command += " --layer \(layer)" }
+            if let tolerance { command += " --tolerance \(tolerance)" }
+            report = try Diff.run(golden, scenario: scenario, sides: sides, layer: layer,
+                                  tolerance: try tolerance.map(parse(tolerance:)), reproduce: command)
+        } catch let error as ValidationError {
+            throw error
+        } catch {
+            FileHandle.standardError.write(Data("qwen-parity diff: error: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        if json {
+            print(String(decoding: try DiffText.json(report), as: UTF8.self))
+        } else {
+            print(DiffText.render(report, style: .detect()))
+        }
+        if !report.agrees { throw ExitCode(1) }
+    }
+}

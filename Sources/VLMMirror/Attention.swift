@@ -1,0 +1,154 @@
+import Foundation
+import ParityCore
+import ParityTensor
+
+// mirrors mlx_vlm/models/qwen3_5/language.py Qwen3_5Attention (gated full attention with MRoPE)
+// and the CPU side of its left-padded decode (per-pad-group attention over each row's real keys).
+// Shapes: B batch, L tokens in this call, T keys after the cache update, D hidden, H/Hkv heads,
+// hd head dim, r rotary dims.
+
+/// Which keys a query sees, as Qwen3_5Model builds it for the full-attention layers.
+enum AttentionMask {
+    /// Every key (one token on a plain cache, or no cache).
+    case none
+    /// `"causal"`: query i sees key j iff j ≤ i + (T − L).
+    case causal
+    /// A boolean `[B, L, T]` array (a batch cache without padding to split away).
+    case explicit([Bool])
+    /// `"left_padded_decode"`: row b attends to its keys from column `pads[b]` on, unmasked.
+    case leftPaddedDecode([Int])
+}
+
+struct Attention {
+    let qProj: LinearWeight, kProj: LinearWeight, vProj: LinearWeight, oProj: LinearWeight
+    let qBias: Tensor?, kBias: Tensor?, vBias: Tensor?, oBias: Tensor?
+    let qNorm: Tensor, kNorm: Tensor
+    let heads: Int, kvHeads: Int, headDim: Int, eps: Float
+    let rotary: MRoPE
+
+    init(weights w: Weights, layer i: Int, config c: TextConfig) {
+        let name = { WeightNames.layer(i, "self_attn." + $0) }
+        qProj = LinearWeight(w[name("q_proj.weight")]); kProj = LinearWeight(w[name("k_proj.weight")])
+        vProj = LinearWeight(w[name("v_proj.weight")]); oProj = LinearWeight(w[name("o_proj.weight")])
+        qBias = c.attentionBias ? w[name("q_proj.bias")] : nil
+        kBias = c.attentionBias ? w[name("k_proj.bias")] : nil
+        vBias = c.attentionBias ? w[name("v_proj.bias")] : nil
+        oBias = c.attentionBias ? w[name("o_proj.bias")] : nil
+        qNorm = w[name("q_norm.weight")]; kNorm = w[name("k_norm.weight")]
+        heads = c.numAttentionHeads; kvHeads = c.numKeyValueHeads; headDim = c.headDim; eps = c.eps
+        rotary = MRoPE(dims: c.rotaryDims, base: c.ropeTheta, mropeSection: c.mropeSection)
+    }
+
+    /// `x` `[B, L, D]` (input-normed) → `[B, L, D]`. `angles` are the model's shared cos/sin; without
+    /// them the layer builds positions from the cache offset (Qwen3_5Model called directly).
+    func callAsFunction(_ x: Tensor, mask: AttentionMask, cache: inout AttentionCache?,
+                        angles: RotaryAngles?, trace: SubStepTrace) -> Tensor {
+        let (B, L, hd) = (x.shape[0], x.shape[1], headDim)
+        let packed = x.linear(qProj, bias: qBias).reshaped([B, L, heads, 2 * hd])   // per head [query ‖ gate]
+        trace("q_proj", packed)
+        let gate = packed.slice(axis: 3, start: hd, length: hd).reshaped([B, L, heads * hd])
+        trace("gate", gate)
+        var q = packed.slice(axis: 3, start: 0, length: hd).rmsNorm(weight: qNorm, eps: eps).permuted([0, 2, 1, 3])
+        var k = x.linear(kProj, bias: kBias).reshaped([B, L, kvHeads, hd]).rmsNorm(weight: kNorm, eps: eps)
+            .permuted([0, 2, 1, 3])
+        let v = x.linear(vProj, bias: vBias).reshaped([B, L, kvHeads, hd]).permuted([0, 2, 1, 3])
+        trace("q_normed", q); trace("k_normed", k); trace("v", v)
+
+        let rope = angles ?? rotary.angles(positionsFromOffset(cache, batch: B, length: L))
+        MRoPE.apply(&q, rope)
+        MRoPE.apply(&k, rope)
+        trace("q_rope", q); trace("k_rope", k)
+
+        var keys = k, values = v
+        if var c = cache {
+            keys = c.keys.map { Tensor.concatenate([$0, k], axis: 2) } ?? k
+            values = c.values.map { Tensor.concatenate([$0, v], axis: 2) } ?? v
+            c.keys = keys; c.values = values; c.length += L
+            cache = c
+        }
+        let attended = attend(q, keys, values, mask: mask)     // [B, H, L, hd]
+        trace("sdpa", attended)
+        var out = attended.permuted([0, 2, 1, 3]).reshaped([B, L, heads * hd])
+        for i in out.data.indices { out.data[i] *= Activation.sigmoid(gate.data[i]) }
+        trace("gated", out)
+        let projected = out.linear(oProj, bias: oBias)
+        trace("o_proj", projected)
+        return projected
+    }
+
+    /// `position_ids is None`: `offset + arange(L)` on all three axes, per row (clamped at 0)
+    /// when the cache offset is a vector.
+    private func positionsFromOffset(_ cache: AttentionCache?, batch B: Int, length L: Int) -> VLMPositions {
+        let offsets: [Int]
+        if let cache, cache.leftPadding != nil {
+            offsets = cache.offsets(batch: B).map { max($0, 0) }
+        } else {
+            offsets = [Int](repeating: cache?.length ?? 0, count: B)
+        }
+        return VLMPositions(rows: offsets.map { o in (0..<L).map { o + $0 } }).threeAxes
+    }
+
+    /// `mx.fast.scaled_dot_product_attention` on CPU: q·scale, S = qKᵀ, the mask, a float32
+    /// softmax, P·V; query head h reads KV head h / (H/Hkv). A left-padded decode attends
+    /// over each row's keys from its padding on, as the per-pad-group fallback slices them.
+    private func attend(_ q: Tensor, _ k: Tensor, _ v: Tensor, mask: AttentionMask) -> Tensor {
+        let (B, L, hd, T) = (q.shape[0], q.shape[2], headDim, k.shape[2])
+        let perKV = heads / kvHeads
+        let scale = Float(1 / Double(hd).squareRoot())
+        var out = [Float](repeating: 0, count: q.count)
+        for b in 0..<B {
+            let first: Int
+            if case .leftPaddedDecode(let pads) = mask { first = pads[b] } else { first = 0 }
+            let span = T - first
+            var scores = [Float](repeating: 0, count: L * span)
+            var scaled = [Float](repeating: 0, count: L * hd)
+            for h in 0..<heads {
+                let qBase = (b * heads + h) * L * hd
+                let kBase = ((b * kvHeads + h / perKV) * T + first) * hd
+                for i in 0..<(L * hd) { scaled[i] = q.data[qBase + i] * scale }
+                scaled.withUnsafeBufferPointer { sq in
+                    k.data.withUnsafeBufferPointer { kp in
+                        scores.withUnsafeMutableBufferPointer { sp in
+                            MatrixProduct.timesTransposed(sq.baseAddress!, kp.baseAddress! + kBase,
+                                                          into: sp.baseAddress!, m: L, n: span, k: hd)
+                        }
+                    }
+                }
+                for i in 0..<L {
+                    let row = i * span
+                    for j in 0..<span where !visible(mask, b: b, i: i, j: j, L: L, T: T) {
+                        scores[row + j] = -Float.greatestFiniteMagnitude
+                    }
+                    var peak = -Float.infinity
+                    for j in 0..<span { peak = max(peak, scores[row + j]) }
+                    var total: Float = 0
+                    for j in 0..<span {
+                        let e = MLXMath.exp(scores[row + j] - peak)
+                        scores[row + j] = e
+                        total += e
+                    }
+                    let inverse = 1 / total   // mlx's precise softmax multiplies by 1/Σ
+                    for j in 0..<span { scores[row + j] *= inverse }
+                }
+                scores.withUnsafeBufferPointer { sp in
+                    v.data.withUnsafeBufferPointer { vp in
+                        out.withUnsafeMutableBufferPointer { op in
+                            MatrixProduct.times(sp.baseAddress!, vp.baseAddress! + kBase,
+                                                into: op.baseAddress! + qBase, m: L, n: hd, k: span)
+                        }
+                    }
+                }
+            }
+        }
+        return Tensor(shape: q.shape, data: out)
+    }
+
+    @inline(__always)
+    private func visible(_ mask: AttentionMask, b: Int, i: Int, j: Int, L: Int, T: Int) -> Bool {
+        switch mask {
+        case .none, .leftPaddedDecode: return true
+        case .causal: return j <= i + (T - L)
+        case .explicit(let m): return m[(b * L + i) * T + j]
+        }
+    }
+}

@@ -1,0 +1,324 @@
+import Foundation
+import ParityCore
+import ParityTensor
+
+// mirrors mlx_vlm/models/qwen3_5/language.py Qwen3_5GatedDeltaNet with gated_delta.py as it runs
+// without Metal: gated_delta_chunked (the chunked WY scan, C = 64) for calls of S > 1 tokens,
+// the sequential ops step for S = 1.
+// Shapes: B batch, S tokens, D hidden, Hk/dk key heads and dim, Hv/dv value heads and dim,
+// K conv kernel, Kd = Hk·dk, Cc = 2·Kd + Hv·dv, C chunk length, Tp = S padded to a multiple of C.
+
+struct GatedDeltaNet {
+    static let chunk = 64                 // C
+    static let decayFloor: Float = 1e-6   // g is clipped to [1e-6, 1] before its log
+
+    let inProjQKV: LinearWeight, inProjZ: LinearWeight, inProjB: LinearWeight, inProjA: LinearWeight
+    let convWeight: Tensor        // [Cc, K, 1]
+    let dtBias: Tensor, aLog: Tensor
+    let normWeight: Tensor        // [dv], plain weight
+    let outProj: LinearWeight
+    let keyHeads: Int, valueHeads: Int, keyDim: Int, valueDim: Int, kernel: Int, eps: Float
+
+    init(weights w: Weights, layer i: Int, config c: TextConfig) {
+        let name = { WeightNames.layer(i, "linear_attn." + $0) }
+        inProjQKV = LinearWeight(w[name("in_proj_qkv.weight")]); inProjZ = LinearWeight(w[name("in_proj_z.weight")])
+        inProjB = LinearWeight(w[name("in_proj_b.weight")]); inProjA = LinearWeight(w[name("in_proj_a.weight")])
+        convWeight = w[name("conv1d.weight")]
+        dtBias = w[name("dt_bias")]; aLog = w[name("A_log")]
+        normWeight = w[name("norm.weight")]; outProj = LinearWeight(w[name("out_proj.weight")])
+        keyHeads = c.linearNumKeyHeads; valueHeads = c.linearNumValueHeads
+        keyDim = c.linearKeyHeadDim; valueDim = c.linearValueHeadDim
+        kernel = c.linearConvKernelDim; eps = c.eps
+    }
+
+    /// `x` `[B, S, D]` (input-normed) → `[B, S, D]`. `mask` `[B, S]` marks real tokens.
+    func callAsFunction(_ x: Tensor, mask: [Bool]?, cache: inout DeltaNetCache?, trace: SubStepTrace) -> Tensor {
+        let (B, S) = (x.shape[0], x.shape[1])
+        let (Hk, dk, Hv, dv) = (keyHeads, keyDim, valueHeads, valueDim)
+        let Kd = Hk * dk, Cc = 2 * Kd + Hv * dv, window = kernel - 1
+
+        var mixed = x.linear(inProjQKV)          // [B, S, Cc]
+        let z = x.linear(inProjZ)                // [B, S, Hv·dv]
+        let b = x.linear(inProjB)                // [B, S, Hv]
+        let a = x.linear(inProjA)                // [B, S, Hv]
+        trace("qkv", mixed); trace("z", z); trace("b", b); trace("a", a)
+
+        // A conv state of another batch size is replaced by zeros; so is a mask.
+        var state = Tensor(zeros: [B, window, Cc])
+        if let s = cache?.convState, s.shape[0] == B { state = s }
+        let mask = mask.flatMap { $0.count == B * S ? $0 : nil }
+        if let mask {
+            for r in 0..<(B * S) where !mask[r] { for ch in 0..<Cc { mixed.data[r * Cc + ch] = 0 } }
+        }
+        let convInput = Tensor.concatenate([state, mixed], axis: 1)   // [B, K−1+S, Cc]
+        if var c = cache {
+            c.convState = trailingWindow(convInput, lengths: c.lengths, steps: S)
+            cache = c
+        }
+        let convOut = depthwiseConvSilu(convInput, steps: S)          // [B, S, Cc]
+        trace("conv_out", convOut)
+
+        // _normalize_qk: eps written 1e-6 / dk; the dk^-½ readout scale folded into q.
+        let invScale = Double(dk).squareRoot().reciprocal
+        let normEps = Float(1e-6 / Double(dk))
+        let q = convOut.slice(axis: 2, start: 0, length: Kd).reshaped([B, S, Hk, dk])
+            .rmsNorm(weight: nil, eps: normEps) * Float(invScale * invScale)
+        let k = convOut.slice(axis: 2, start: Kd, length: Kd).reshaped([B, S, Hk, dk])
+            .rmsNorm(weight: nil, eps: normEps) * Float(invScale)
+        let v = convOut.slice(axis: 2, start: 2 * Kd, length: Hv * dv).reshaped([B, S, Hv, dv])
+        trace("q_normed", q); trace("k_normed", k); trace("v", v)
+
+        // _compute_g_beta: g = exp(−exp(A_log)·softplus(a + dt_bias)) (float32), β = sigmoid(b).
+        let beta = b.map(Activation.sigmoid)
+        var g = a
+        for r in 0..<(B * S) {
+            for h in 0..<Hv {
+                let i = r * Hv + h
+                g.data[i] = MLXMath.exp(-MLXMath.exp(aLog.data[h]) * Activation.softplus(a.data[i] + dtBias.data[h]))
+            }
+        }
+        trace("beta", beta); trace("g", g)
+
+        var recurrent = Tensor(zeros: [B, Hv, dv, dk])
+        if let s = cache?.recurrentState, s.shape[0] == B { recurrent = s }
+        let y = S > 1
+            ? chunkedDeltaRule(q: q, k: k, v: v, g: g, beta: beta, state: &recurrent, mask: mask)
+            : sequentialDeltaRule(q: q, k: k, v: v, g: g, beta: beta, state: &recurrent, mask: mask)
+        trace("core_out", y); trace("final_state", recurrent)
+        if var c = cache {
+            c.recurrentState = recurrent
+            c.leftPadding = c.leftPadding?.map { $0 - S }   // ArraysCache.advance
+            c.lengths = c.lengths?.map { $0 - S }
+            cache = c
+        }
+
+        // Qwen3_5RMSNormGated: rms_norm(y)·w per value head, then silu(z)·that in float32.
+        var gated = y.rmsNorm(weight: normWeight, eps: eps).reshaped([B, S, Hv * dv])
+        for i in gated.data.indices { gated.data[i] = Activation.silu(z.data[i]) * gated.data[i] }
+        trace("gated_norm_out", gated)
+        let out = gated.linear(outProj)
+        trace("out_proj", out)
+        return out
+    }
+
+    /// `ArraysCache.update_window`: the last K−1 inputs, or with `lengths` each row's K−1 inputs
+    /// ending at its last real one.
+    func trailingWindow(_ input: Tensor, lengths: [Int]?, steps S: Int) -> Tensor {
+        let width = kernel - 1
+        guard let lengths else { return input.slice(axis: 1, start: S, length: width) }
+        return Tensor.concatenate((0..<input.shape[0]).map { r in
+            input.slice(axis: 0, start: r, length: 1).slice(axis: 1, start: min(max(lengths[r], 0), S), length: width)
+        }, axis: 0)
+    }
+
+    /// `nn.Conv1d(groups = Cc)` then silu: `out[t, c] = silu(Σ_j in[t + j, c]·w[c, j])`.
+    func depthwiseConvSilu(_ input: Tensor, steps S: Int) -> Tensor {
+        let (B, span, Cc) = (input.shape[0], input.shape[1], input.shape[2])
+        var out = Tensor(zeros: [B, S, Cc])
+        for b in 0..<B {
+            for t in 0..<S {
+                for c in 0..<Cc {
+                    var acc: Float = 0
+                    for j in 0..<kernel { acc += input.data[(b * span + t + j) * Cc + c] * convWeight.data[c * kernel + j] }
+                    out.data[(b * S + t) * Cc + c] = Activation.silu(acc)
+                }
+            }
+        }
+        return out
+    }
+
+    /// `_gated_delta_step_ops` applied token by token: S ← g·S; m = S·k; δ = β(v − m);
+    /// S ← S + δ ⊗ k; y = S·q. A masked step restores the old state but keeps its y.
+    /// State `[B, Hv, dv, dk]`; value head h reads key head h / (Hv / Hk).
+    func sequentialDeltaRule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+                             state: inout Tensor, mask: [Bool]?) -> Tensor {
+        let (B, S, Hk, dk) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+        let (Hv, dv) = (v.shape[2], v.shape[3])
+        var y = Tensor(zeros: [B, S, Hv, dv])
+        var memory = [Float](repeating: 0, count: dv)
+        for b in 0..<B {
+            for h in 0..<Hv {
+                let sBase = (b * Hv + h) * dv * dk
+                for t in 0..<S {
+                    let old = Array(state.data[sBase..<(sBase + dv * dk)])
+                    let kBase = ((b * S + t) * Hk + h / (Hv / Hk)) * dk
+                    let vBase = ((b * S + t) * Hv + h) * dv
+                    let (decay, rate) = (g.data[(b * S + t) * Hv + h], beta.data[(b * S + t) * Hv + h])
+                    for i in 0..<dv {
+                        var m: Float = 0
+                        for j in 0..<dk {
+                            state.data[sBase + i * dk + j] *= decay
+                            m += state.data[sBase + i * dk + j] * k.data[kBase + j]
+                        }
+                        memory[i] = m
+                    }
+                    for i in 0..<dv {
+                        let delta = (v.data[vBase + i] - memory[i]) * rate
+                        var out: Float = 0
+                        for j in 0..<dk {
+                            state.data[sBase + i * dk + j] += k.data[kBase + j] * delta
+                            out += state.data[sBase + i * dk + j] * q.data[kBase + j]
+                        }
+                        y.data[vBase + i] = out
+                    }
+                    if let mask, !mask[b * S + t] { state.data.replaceSubrange(sBase..<(sBase + dv * dk), with: old) }
+                }
+            }
+        }
+        return y
+    }
+
+    /// `gated_delta_chunked`: the same recurrence as a chunked WY scan, in float32. Masked steps
+    /// get g = 1, β = 0; the time axis is padded to a multiple of C with q = k = v = 0, g = 1,
+    /// β = 0. Per chunk (i, j ∈ [0, C)):
+    ///   λᵢ = Σ_{j≤i} ln clip(gⱼ, 1e-6, 1), γᵢ = e^{λᵢ}, Γᵢⱼ = e^{λᵢ−λⱼ} (j ≤ i, else 0)
+    ///   A = diag(β)(Γ ⊙ KKᵀ) strictly lower; T⁻¹ = (I + A)⁻¹ by forward substitution
+    ///   U₀ = T⁻¹(β ⊙ V), K̃ = T⁻¹((βγ) ⊙ K), M = Γ ⊙ QKᵀ (lower, incl.), Q̃ = γ ⊙ Q − M K̃
+    /// and across chunks Y = M U₀ + Q̃ Sᵀ, U = U₀ − K̃ Sᵀ, S ← γ_last S + (ρ ⊙ U)ᵀ K with
+    /// ρᵢ = e^{λ_last − λᵢ}.
+    func chunkedDeltaRule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+                          state: inout Tensor, mask: [Bool]?) -> Tensor {
+        let (B, S, Hk, dk) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+        let (Hv, dv) = (v.shape[2], v.shape[3])
+        let C = Self.chunk
+        let chunks = (S + C - 1) / C
+        var y = Tensor(zeros: [B, S, Hv, dv])
+        for b in 0..<B {
+            for h in 0..<Hv {
+                let kh = h / (Hv / Hk)
+                var carried = Matrix(rows: dv, columns: dk, Array(state.data[((b * Hv + h) * dv * dk)..<((b * Hv + h + 1) * dv * dk)]))
+                for c in 0..<chunks {
+                    // This chunk's rows, zero-padded past the end of the call.
+                    var Q = Matrix(rows: C, columns: dk), K = Matrix(rows: C, columns: dk), V = Matrix(rows: C, columns: dv)
+                    var decay = [Float](repeating: 1, count: C), rate = [Float](repeating: 0, count: C)
+                    for i in 0..<C {
+                        let t = c * C + i
+                        guard t < S else { continue }
+                        let row = b * S + t
+                        for j in 0..<dk {
+                            Q[i, j] = q.data[(row * Hk + kh) * dk + j]
+                            K[i, j] = k.data[(row * Hk + kh) * dk + j]
+                        }
+                        for j in 0..<dv { V[i, j] = v.data[(row * Hv + h) * dv + j] }
+                        if mask.map({ $0[row] }) ?? true {
+                            decay[i] = g.data[row * Hv + h]
+                            rate[i] = beta.data[row * Hv + h]
+                        }
+                    }
+                    let (Y, next) = Self.scanChunk(Q: Q, K: K, V: V, g: decay, beta: rate, state: carried)
+                    carried = next
+                    for i in 0..<C where c * C + i < S {
+                        let row = b * S + c * C + i
+                        for j in 0..<dv { y.data[(row * Hv + h) * dv + j] = Y[i, j] }
+                    }
+                }
+                state.data.replaceSubrange(((b * Hv + h) * dv * dk)..<((b * Hv + h + 1) * dv * dk), with: carried.values)
+            }
+        }
+        return y
+    }
+
+    /// One chunk of `gated_delta_chunked` for one head: outputs `[C, dv]` and the next state `[dv, dk]`.
+    static func scanChunk(Q: Matrix, K: Matrix, V: Matrix, g: [Float], beta: [Float], state S: Matrix) -> (Matrix, Matrix) {
+        let C = Q.rows
+        // λ: running sum of ln clip(g, 1e-6, 1); γ = e^λ; Γᵢⱼ = e^{λᵢ − λⱼ} below and on the diagonal.
+        var lambda = [Float](repeating: 0, count: C)
+        var running: Float = 0
+        for i in 0..<C {
+            running += Foundation.log(min(max(g[i], decayFloor), 1))
+            lambda[i] = running
+        }
+        let gamma = lambda.map { MLXMath.exp($0) }
+        var Gamma = Matrix(rows: C, columns: C)
+        for i in 0..<C { for j in 0...i { Gamma[i, j] = MLXMath.exp(lambda[i] - lambda[j]) } }
+
+        let KK = K.timesTransposed(K)
+        var A = Matrix(rows: C, columns: C)
+        for i in 0..<C { for j in 0..<i { A[i, j] = beta[i] * Gamma[i, j] * KK[i, j] } }
+        // (I + A)⁻¹, row by row: Xᵢ = eᵢ − Σ_{j<i} Aᵢⱼ Xⱼ.
+        var inverse = Matrix(rows: C, columns: C)
+        inverse[0, 0] = 1
+        for i in 1..<C {
+            let coefficients = Matrix(rows: 1, columns: i, Array(A.values[(i * C)..<(i * C + i)]))
+            let above = Matrix(rows: i, columns: C, Array(inverse.values[0..<(i * C)]))
+            let combination = coefficients.times(above)
+            for j in 0..<C { inverse[i, j] = (i == j ? 1 : 0) - combination[0, j] }
+        }
+        var scaledV = V, scaledK = K
+        for i in 0..<C {
+            for j in 0..<V.columns { scaledV[i, j] = beta[i] * V[i, j] }
+            let w = beta[i] * gamma[i]
+            for j in 0..<K.columns { scaledK[i, j] = w * K[i, j] }
+        }
+        let U0 = inverse.times(scaledV)        // [C, dv]
+        let Kt = inverse.times(scaledK)        // [C, dk]
+        let QK = Q.timesTransposed(K)
+        var M = Matrix(rows: C, columns: C)
+        for i in 0..<C { for j in 0...i { M[i, j] = Gamma[i, j] * QK[i, j] } }
+        let MKt = M.times(Kt)
+        var Qeff = Q
+        for i in 0..<C { for j in 0..<Q.columns { Qeff[i, j] = gamma[i] * Q[i, j] - MKt[i, j] } }
+        let MU0 = M.times(U0)
+
+        let St = S.transposed()                // [dk, dv]
+        let QS = Qeff.times(St), KS = Kt.times(St)
+        var Y = MU0, U = U0
+        for i in 0..<C {
+            let ratio = MLXMath.exp(lambda[C - 1] - lambda[i])
+            for j in 0..<U.columns {
+                Y[i, j] = MU0[i, j] + QS[i, j]
+                U[i, j] = ratio * (U0[i, j] - KS[i, j])
+            }
+        }
+        let update = U.transposed().times(K)   // [dv, dk]
+        var next = S
+        for i in 0..<next.values.count { next.values[i] = gamma[C - 1] * S.values[i] + update.values[i] }
+        return (Y, next)
+    }
+}
+
+/// A small row-major float32 matrix for the chunked scan; products go through MatrixProduct,
+/// which sums over k in order like the reference BLAS under mlx's batched matmul.
+struct Matrix {
+    let rows: Int, columns: Int
+    var values: [Float]
+
+    init(rows: Int, columns: Int, _ values: [Float]? = nil) {
+        self.rows = rows
+        self.columns = columns
+        self.values = values ?? [Float](repeating: 0, count: rows * columns)
+        precondition(self.values.count == rows * columns, "[Matrix] \(self.values.count) values for \(rows)×\(columns)")
+    }
+
+    subscript(i: Int, j: Int) -> Float {
+        get { values[i * columns + j] }
+        set { values[i * columns + j] = newValue }
+    }
+
+    func times(_ other: Matrix) -> Matrix {
+        precondition(columns == other.rows, "[Matrix.times] \(rows)×\(columns) · \(other.rows)×\(other.columns)")
+        var out = Matrix(rows: rows, columns: other.columns)
+        values.withUnsafeBufferPointer { a in
+            other.values.withUnsafeBufferPointer { b in
+                out.values.withUnsafeMutableBufferPointer { c in
+                    MatrixProduct.times(a.baseAddress!, b.baseAddress!, into: c.baseAddress!,
+                                        m: rows, n: other.columns, k: columns)
+                }
+            }
+        }
+        return out
+    }
+
+    /// `self · otherᵀ`.
+    func timesTransposed(_ other: Matrix) -> Matrix { times(other.transposed()) }
+
+    func transposed() -> Matrix {
+        var out = Matrix(rows: columns, columns: rows)
+        for i in 0..<rows { for j in 0..<columns { out[j, i] = self[i, j] } }
+        return out
+    }
+}
+
+private extension Double {
+    var reciprocal: Double { 1 / self }
+}
