@@ -45,5 +45,9 @@ let package = Package(
         .testTarget(name: "VLMMirrorTests", dependencies: ["VLMMirror", "ParityCore", "ParityTensor"]),
         .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO", "Checkpoint"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "ParityCore", "ParityTensor"]),
+        // Bad inputs through the built CLI, and kill tests; they spawn products `swift test` builds.
+        .testTarget(name: "ReliabilityTests", dependencies: ["GoldenIO", "ParityEngine"]),
+        // Test-only: one AtomicFile.write, for the kill test to SIGKILL part-way.
+        .executableTarget(name: "atomic-write-probe", dependencies: ["ParityEngine"], path: "Tests/AtomicWriteProbe"),
     ]
 )

@@ -183,7 +183,7 @@ extension H5File {
         return !overflow && UInt64(bytes) == stored
     }
 
-    private func writeDataset<Element>(
+    func writeDataset<Element>(
         _ datasetPath: String, shape: [Int], values: [Element], fileType: hid_t, memoryType: hid_t
     ) throws {
         let fid = try liveFileID()

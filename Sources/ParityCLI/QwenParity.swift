@@ -18,7 +18,8 @@ public struct Check: ParsableCommand {
             Invariants: \(InvariantRegistry.all.map(\.id).joined(separator: ", ")). Each row of the \
             final table is one invariant on one golden, with its tolerance class (exact, ulp(k), \
             atol(x)), the measured value and a verdict; an invariant that runs on no golden at all \
-            is NOT RUN and counts as failed.
+            is NOT RUN and counts as failed. Golden parity runs every scenario twice first: an \
+            implementation that differs from itself is NONDETERMINISTIC and is not compared.
 
             Before anything is compared, each golden's provenance is checked: the sha256 of the \
             generator that wrote it against tools/make_golden.py, the reference versions against \
@@ -34,8 +35,11 @@ public struct Check: ParsableCommand {
             golden files given, '--model DIR' replaces the directory recorded in those goldens \
             (e.g. one made with 'make_golden.py --from-model DIR --out FILE').
 
-            Exit status: 0 all passed, 1 a comparison failed or a file could not be read, \
-            3 no failure but a golden is stale.
+            Everything this command reports goes to standard output, in order; an unreadable or \
+            invalid golden is one ERROR row naming the file, the dataset or key and what was \
+            expected. Standard error is left to command-line usage errors. Exit status: 0 all \
+            passed, 1 a comparison failed or a file could not be read, 3 no failure but a golden \
+            is stale, 64 a usage error.
             """)
 
     @Argument(help: "Golden files (.h5) written by tools/make_golden.py, or MLX model directories holding a parity.h5.")

@@ -48,6 +48,9 @@ public struct RawTextConfig: Decodable, Equatable, Sendable {
     public enum RopeField: Equatable, Sendable { case absent, null, given(RopeParameters) }
 
     public var modelType: String?
+    /// `model_type` at the top level, which mlx-lm's loader requires to pick the model class
+    /// (a nested `text_config` may leave its own out).
+    public var topLevelModelType: String?
     public var hiddenSize: Int?
     public var intermediateSize: Int?
     public var numHiddenLayers: Int?
@@ -106,6 +109,7 @@ public struct RawTextConfig: Decodable, Equatable, Sendable {
 
     public init(from decoder: Decoder) throws {
         var c = try decoder.container(keyedBy: CodingKeys.self)
+        topLevelModelType = try c.decodeIfPresent(String.self, forKey: .modelType)
         // A multimodal checkpoint nests the text fields under text_config (mlx-lm's ModelArgs.from_dict).
         if c.contains(.textConfig) {
             c = try c.nestedContainer(keyedBy: CodingKeys.self, forKey: .textConfig)
@@ -149,12 +153,50 @@ public struct RawTextConfig: Decodable, Equatable, Sendable {
             return try JSONDecoder().decode(RawTextConfig.self, from: data)
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
             let key = context.codingPath.map(\.stringValue).joined(separator: ".")
+            guard !key.isEmpty else {   // the document itself: [], null, 42
+                throw ConfigError.unreadable(source: source, reason: "expected a JSON object; " + context.debugDescription)
+            }
+            throw ConfigError.invalid(source: source, key: key, reason: context.debugDescription)
+        } catch let DecodingError.dataCorrupted(context) where !context.codingPath.isEmpty {
+            // A value that parses but does not fit, such as 1e30 for an Int.
+            let key = context.codingPath.map(\.stringValue).joined(separator: ".")
             throw ConfigError.invalid(source: source, key: key, reason: context.debugDescription)
         } catch let DecodingError.dataCorrupted(context) {
+            if let (key, value) = unrepresentableInteger(data) {
+                throw ConfigError.invalid(source: source, key: key, reason: "expected an integer that fits in Int, found \(value)")
+            }
             throw ConfigError.unreadable(source: source, reason: context.debugDescription)
         } catch {
             throw ConfigError.unreadable(source: source, reason: "\(error)")
         }
+    }
+}
+
+extension RawTextConfig {
+    static let integerKeys: [CodingKeys] = [
+        .hiddenSize, .intermediateSize, .numHiddenLayers, .numAttentionHeads, .numKeyValueHeads, .headDim,
+        .vocabSize, .maxPositionEmbeddings, .linearNumValueHeads, .linearNumKeyHeads, .linearKeyHeadDim,
+        .linearValueHeadDim, .linearConvKernelDim, .fullAttentionInterval, .numExperts, .numExpertsPerTok,
+        .sharedExpertIntermediateSize, .moeIntermediateSize,
+    ]
+
+    /// JSONDecoder reports a number that does not fit an Int field (1.5, 1e30) as "not valid JSON",
+    /// with no key; this finds the key, so the error can name it.
+    static func unrepresentableInteger(_ data: Data) -> (key: String, value: String)? {
+        guard var object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { return nil }
+        var prefix = ""
+        if let inner = object[CodingKeys.textConfig.rawValue] as? [String: Any] {
+            object = inner
+            prefix = CodingKeys.textConfig.rawValue + "."
+        }
+        for key in integerKeys {
+            guard let number = object[key.rawValue] as? NSNumber, !(number is Bool) else { continue }
+            let value = number.doubleValue
+            if value.rounded() != value || Int(exactly: value) == nil || "\(number)".contains(".") {
+                return (prefix + key.rawValue, "\(number)")
+            }
+        }
+        return nil
     }
 }
 
@@ -237,6 +279,11 @@ extension TextConfig {
     /// included: a config without `rope_parameters` gets the library's default dict, whose
     /// rope_theta (1e5) and partial_rotary_factor (0.25) override the top-level fields.
     public static func mlxLM(_ raw: RawTextConfig, source: String) throws -> TextConfig {
+        guard let modelType = raw.topLevelModelType else { throw ConfigError.missingKey(source: source, key: "model_type") }
+        guard supportedModelTypes.contains(modelType) else {
+            throw ConfigError.invalid(source: source, key: "model_type",
+                reason: "'\(modelType)' is not a Qwen 3.5 model (expected one of \(supportedModelTypes.joined(separator: ", ")))")
+        }
         let rope: RopeParameters?
         switch raw.ropeParameters {
         case .absent: rope = .libraryDefault
@@ -290,6 +337,14 @@ extension TextConfig {
         return config
     }
 
+    /// The top-level model types mlx-lm loads with the Qwen 3.5 classes this harness mirrors.
+    public static let supportedModelTypes = ["qwen3_5", "qwen3_5_moe"]
+
+    /// The largest size any one config field may have. No real checkpoint comes near it (vocabularies
+    /// stop around 2^18), and with it a product of three sizes, as in an expert stack `[E, I, D]`,
+    /// cannot overflow `Int`: a corrupt config gets an error, not a trap.
+    public static let maximumSize = 1 << 20
+
     public static func mlxLM(json data: Data, source: String) throws -> TextConfig {
         try mlxLM(RawTextConfig.decode(data, source: source), source: source)
     }
@@ -298,6 +353,18 @@ extension TextConfig {
     public func validate(source: String) throws {
         func positive(_ value: Int, _ key: String) throws {
             if value <= 0 { throw ConfigError.invalid(source: source, key: key, reason: "must be positive, got \(value)") }
+            try notHuge(value, key)
+        }
+        func notHuge(_ value: Int, _ key: String) throws {
+            if value > Self.maximumSize {
+                throw ConfigError.invalid(source: source, key: key, reason: "\(value) is larger than any model this harness runs (at most \(Self.maximumSize))")
+            }
+        }
+        for (value, key) in [(intermediateSize, "intermediate_size"), (numExperts, "num_experts"),
+                             (numExpertsPerTok, "num_experts_per_tok"), (moeIntermediateSize, "moe_intermediate_size"),
+                             (sharedExpertIntermediateSize, "shared_expert_intermediate_size")] {
+            if value < 0 { throw ConfigError.invalid(source: source, key: key, reason: "must not be negative, got \(value)") }
+            try notHuge(value, key)
         }
         try positive(hiddenSize, "hidden_size")
         try positive(numHiddenLayers, "num_hidden_layers")
@@ -325,6 +392,11 @@ extension TextConfig {
         }
         if !(ropeTheta > 0) || !ropeTheta.isFinite {
             throw ConfigError.invalid(source: source, key: "rope_theta", reason: "must be a positive number, got \(ropeTheta)")
+        }
+        // int(head_dim · factor) traps in Swift when the product is not a finite Int.
+        if !(partialRotaryFactor > 0 && partialRotaryFactor <= 1) {
+            throw ConfigError.invalid(source: source, key: "partial_rotary_factor",
+                reason: "must be in (0, 1], got \(partialRotaryFactor)")
         }
         let r = rotaryDims
         if r <= 0 || r > headDim || r % 2 != 0 {

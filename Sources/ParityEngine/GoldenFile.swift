@@ -21,7 +21,8 @@ public enum GoldenError: Error, CustomStringConvertible {
             return "\(file): no root attribute format_version: not a golden written by tools/make_golden.py"
         case let .invalid(file, path, reason): return "\(file): \(path): \(reason)"
         case let .configDisagrees(file, differences):
-            return "\(file): the config as Swift resolves it differs from what mlx-lm ran: " + differences.joined(separator: "; ")
+            return "\(file): /config effective_json: what mlx-lm ran differs from /config raw_json as Swift resolves it: "
+                + differences.joined(separator: "; ")
         }
     }
 }
@@ -93,6 +94,8 @@ public final class GoldenFile {
             "linear_conv_kernel_dim": Double(config.linearConvKernelDim),
             "full_attention_interval": Double(config.fullAttentionInterval),
             "num_experts": Double(config.numExperts), "num_experts_per_tok": Double(config.numExpertsPerTok),
+            "intermediate_size": Double(config.intermediateSize), "moe_intermediate_size": Double(config.moeIntermediateSize),
+            "shared_expert_intermediate_size": Double(config.sharedExpertIntermediateSize),
         ]
         var differences: [String] = []
         for (key, value) in ours.sorted(by: { $0.key < $1.key }) {
@@ -101,12 +104,14 @@ public final class GoldenFile {
             }
             if theirs != value { differences.append("\(key): Swift \(value), mlx-lm \(theirs)") }
         }
-        for key in ["tie_word_embeddings", "norm_topk_prob"] {
+        let flags = ["tie_word_embeddings": config.tieWordEmbeddings, "norm_topk_prob": config.normTopkProb,
+                     "attention_bias": config.attentionBias]
+        for (key, mine) in flags.sorted(by: { $0.key < $1.key }) {
             let theirs = (object[key] as? NSNumber)?.boolValue
-            let mine = key == "tie_word_embeddings" ? config.tieWordEmbeddings : config.normTopkProb
             if theirs != mine { differences.append("\(key): Swift \(mine), mlx-lm \(theirs.map(String.init) ?? "missing")") }
         }
-        if let kinds = object["layer_types"] as? [String], kinds != config.layerKinds.map(\.rawValue) {
+        if let kinds = object["layer_types"] as? [String],
+           kinds.count != config.numHiddenLayers || kinds != config.layerKinds.map(\.rawValue) {
             differences.append("layer_types: Swift \(config.layerKinds.map(\.rawValue)), mlx-lm \(kinds)")
         }
         guard differences.isEmpty else { throw GoldenError.configDisagrees(file: path, differences: differences) }
@@ -166,9 +171,18 @@ public final class GoldenFile {
         try tokenRows("/inputs/token_ids")
     }
 
+    /// Token ids `[rows, length]`, every one inside the vocabulary: an id the model cannot embed is
+    /// a broken golden, named here rather than deep inside a forward pass.
     public func tokenRows(_ dataset: String) throws -> [[Int]] {
         let ids = try ints(dataset, expectingRank: 2)
         let (rows, length) = (ids.shape[0], ids.shape[1])
+        guard rows > 0, length > 0 else {
+            throw GoldenError.invalid(file: path, path: dataset, reason: "expected at least one token, found shape \(ids.shape)")
+        }
+        if let bad = ids.values.firstIndex(where: { $0 < 0 || Int($0) >= config.vocabSize }) {
+            throw GoldenError.invalid(file: path, path: dataset,
+                reason: "token id \(ids.values[bad]) at [\(bad / length), \(bad % length)] is outside the vocabulary 0..<\(config.vocabSize)")
+        }
         return (0..<rows).map { r in ids.values[(r * length)..<((r + 1) * length)].map { Int($0) } }
     }
 

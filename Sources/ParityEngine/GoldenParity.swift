@@ -9,7 +9,7 @@ import VLMMirror
 // (mlx-lm against mlx-vlm, a hazard against its correct twin), in the library and in Swift.
 
 public struct ParityRow: Sendable {
-    public enum Verdict: String, Sendable { case pass = "ok", fail = "FAIL", notRun = "NOT RUN" }
+    public enum Verdict: String, Sendable { case pass = "ok", fail = "FAIL", notRun = "NOT RUN", nondeterministic = "NONDETERMINISTIC" }
     public var file: String
     public var scenario: String
     public var reference: String
@@ -117,6 +117,7 @@ public enum GoldenParity {
 
     public static func checkFile(_ golden: GoldenFile, scenarios only: Set<String>? = nil,
                                  modelDirectory: String? = nil) throws -> FileReport {
+        try golden.validate(only: only)
         let weights = try golden.weights(modelDirectory: modelDirectory)
         let vlm = try golden.vlmConfig()
         var report = FileReport()
@@ -162,9 +163,11 @@ public enum GoldenParity {
                                     implementation: implName, rows: [])
         do {
             let input = try scheduleInput(golden, scenario, path: reference)
-            let result = try ScheduleRunner.run(model, input)
-            report.rows = try compare(result, golden: golden, scenario: scenario, reference: reference,
-                                      implementation: implName, input: input)
+            let (result, mismatches) = try Determinism.runTwice(model, input)
+            report.rows = [Determinism.row(mismatches, of: report)]
+            guard mismatches.isEmpty else { return (report, nil) }
+            report.rows += try compare(result, golden: golden, scenario: scenario, reference: reference,
+                                       implementation: implName, input: input)
             return (report, (input, result))
         } catch {
             report.error = "\(error)"

@@ -170,6 +170,7 @@ public enum InvariantRegistry {
     static func goldenParity(_ c: InvariantContext) throws -> [Measurement] {
         var out: [Measurement] = []
         let golden = c.golden
+        try golden.validate(only: c.scenarios)
         for scenario in try golden.scenarios() where c.scenarios?.contains(scenario.name) ?? true {
           for reference in scenario.paths where GoldenParity.mirroredByLM.contains(reference) {
             let (report, _) = GoldenParity.checkScenario(golden, scenario, reference: reference, model: c.implementations.lm, name: "lm mirror")

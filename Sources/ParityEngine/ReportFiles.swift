@@ -12,19 +12,9 @@ public enum ReportFiles {
         try atomicWrite(Data(markdown(rows).utf8), to: directory + "/parity.md")
     }
 
+    /// Through `AtomicFile`: flushed before the rename, and temporaries of killed runs swept.
     static func atomicWrite(_ data: Data, to path: String) throws {
-        let url = URL(fileURLWithPath: path)
-        let temporary = url.deletingLastPathComponent()
-            .appendingPathComponent(".\(url.lastPathComponent).\(ProcessInfo.processInfo.processIdentifier).tmp")
-        do {
-            try data.write(to: temporary)
-            guard rename(temporary.path, url.path) == 0 else {
-                throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
-            }
-        } catch {
-            try? FileManager.default.removeItem(at: temporary)
-            throw error
-        }
+        try AtomicFile.write(data, to: URL(fileURLWithPath: path))
     }
 
     static func json(_ rows: [InvariantRow]) throws -> Data {

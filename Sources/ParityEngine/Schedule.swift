@@ -86,7 +86,8 @@ public enum ScheduleRunner {
         var states: [VLMPositionState] = []
         switch input {
         case let .single(tokens, calls, cached):
-            guard calls.allSatisfy({ $0 > 0 }), calls.reduce(0, +) == tokens.count else {
+            // Bounding each call first keeps the sum from overflowing on absurd counts.
+            guard calls.allSatisfy({ $0 > 0 && $0 <= tokens.count }), calls.reduce(0, +) == tokens.count else {
                 throw ScheduleError.inconsistent("calls \(calls) do not add up to the \(tokens.count) prompt tokens")
             }
             guard cached || calls.count == 1 else {

@@ -124,6 +124,8 @@ public enum TextReport {
         let notRun = reports.filter { $0.rows.contains { $0.verdict == .notRun } }.count
         var text = "\(passed) passed, \(reports.count - passed) failed"
         if notRun > 0 { text += " (\(notRun) not run, counted as failed)" }
+        let unstable = reports.filter { $0.rows.contains { $0.verdict == .nondeterministic } }.count
+        if unstable > 0 { text += " (\(unstable) nondeterministic: an implementation differed from itself)" }
         return text
     }
 }

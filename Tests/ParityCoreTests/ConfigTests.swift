@@ -110,6 +110,40 @@ func tinyWith(_ edit: (inout [String: Any]) -> Void) -> String {
         }
     }
 
+    /// mlx-lm's loader picks the model class from the top-level model_type, so it is required.
+    @Test func missingOrForeignModelTypeIsNamed() {
+        #expect(throws: ConfigError.missingKey(source: "test.json", key: "model_type")) {
+            try resolve(tinyWith { $0.removeValue(forKey: "model_type") })
+        }
+        do {
+            _ = try resolve(tinyWith { $0["model_type"] = "llama" })
+            Issue.record("expected an error")
+        } catch {
+            #expect("\(error)".contains("model_type") && "\(error)".contains("llama"))
+        }
+    }
+
+    /// Values a corrupt file can hold that would otherwise trap (Int(1e300), overflowing shape products).
+    /// Edits the config text itself, as a corrupt file would hold it.
+    @Test(arguments: [("\"rope_theta\": 1000", "\"rope_parameters\": {\"partial_rotary_factor\": 1e300}", "partial_rotary_factor"),
+                      ("\"rope_theta\": 1000", "\"rope_parameters\": {\"partial_rotary_factor\": -0.5}", "partial_rotary_factor"),
+                      ("\"hidden_size\": 128", "\"hidden_size\": 1099511627776", "hidden_size"),
+                      ("\"num_attention_heads\": 8", "\"num_attention_heads\": 9223372036854775807", "num_attention_heads"),
+                      ("\"num_attention_heads\": 8", "\"num_attention_heads\": 1e30", "num_attention_heads"),
+                      ("\"vocab_size\": 1000", "\"vocab_size\": 1000.5", "vocab_size"),
+                      ("\"tie_word_embeddings\": false", "\"tie_word_embeddings\": false, \"num_experts\": -1", "num_experts"),
+                      ("\"intermediate_size\": 128", "\"intermediate_size\": 2097152", "intermediate_size")])
+    func absurdValuesAreNamedErrors(original: String, replacement: String, key: String) throws {
+        let text = tinyConfigJSON.replacingOccurrences(of: original, with: replacement)
+        try #require(text != tinyConfigJSON)
+        do {
+            _ = try resolve(text)
+            Issue.record("\(replacement) was accepted")
+        } catch {
+            #expect("\(error)".contains(key), "\(error)")
+        }
+    }
+
     @Test func notJSONIsAnError() {
         #expect(throws: ConfigError.self) { try TextConfig.mlxLM(json: Data("{oops".utf8), source: "bad.json") }
     }
