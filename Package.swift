@@ -27,10 +27,13 @@ let package = Package(
         .target(name: "LMMirror", dependencies: ["ParityCore", "ParityTensor"]),
         // Mirror of mlx-vlm's language model: MRoPE, stateful positions, chunked GatedDeltaNet prefill.
         .target(name: "VLMMirror", dependencies: ["ParityCore", "ParityTensor"]),
+        // mlx-engine's unified (patched) Qwen 3.5 text model: the lm mirror for text calls, the vlm
+        // mirror's MRoPE route for calls with 3-D positions, one set of weights, position state.
+        .target(name: "UnifiedModel", dependencies: ["ParityCore", "ParityTensor", "LMMirror", "VLMMirror"]),
         // MLX model directories: safetensors, bf16/f16 widening, affine dequantization, sanitize.
         .target(name: "Checkpoint", dependencies: ["ParityCore", "ParityTensor"]),
         // Scenarios, invariants, tolerances, reports, golden provenance.
-        .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror", "VLMMirror", "Checkpoint"]),
+        .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror", "VLMMirror", "UnifiedModel", "Checkpoint"]),
         // Command-line commands (the executable only calls into this).
         .target(name: "ParityCLI", dependencies: [
             "ParityEngine",
@@ -43,7 +46,8 @@ let package = Package(
         .testTarget(name: "ParityCoreTests", dependencies: ["ParityCore"]),
         .testTarget(name: "LMMirrorTests", dependencies: ["LMMirror", "ParityCore"]),
         .testTarget(name: "VLMMirrorTests", dependencies: ["VLMMirror", "ParityCore", "ParityTensor"]),
-        .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO", "Checkpoint"]),
+        .testTarget(name: "UnifiedModelTests", dependencies: ["UnifiedModel", "LMMirror", "VLMMirror", "ParityCore", "ParityTensor"]),
+        .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO", "Checkpoint", "UnifiedModel"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "ParityCore", "ParityTensor"]),
         // Bad inputs through the built CLI, and kill tests; they spawn products `swift test` builds.
         .testTarget(name: "ReliabilityTests", dependencies: ["GoldenIO", "ParityEngine"]),

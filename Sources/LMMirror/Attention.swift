@@ -24,8 +24,8 @@ struct Attention {
 
     init(weights w: Weights, layer i: Int, config c: TextConfig) {
         let name = { WeightNames.layer(i, "self_attn." + $0) }
-        qProj = LinearWeight(w[name("q_proj.weight")]); kProj = LinearWeight(w[name("k_proj.weight")])
-        vProj = LinearWeight(w[name("v_proj.weight")]); oProj = LinearWeight(w[name("o_proj.weight")])
+        qProj = w.linear(name("q_proj.weight")); kProj = w.linear(name("k_proj.weight"))
+        vProj = w.linear(name("v_proj.weight")); oProj = w.linear(name("o_proj.weight"))
         qBias = c.attentionBias ? w[name("q_proj.bias")] : nil
         kBias = c.attentionBias ? w[name("k_proj.bias")] : nil
         vBias = c.attentionBias ? w[name("v_proj.bias")] : nil

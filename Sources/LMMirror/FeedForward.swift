@@ -9,13 +9,16 @@ struct MLP {
     let gateProj: LinearWeight, upProj: LinearWeight, downProj: LinearWeight
 
     init(weights w: Weights, prefix: String) {
-        gateProj = LinearWeight(w[prefix + "gate_proj.weight"])
-        upProj = LinearWeight(w[prefix + "up_proj.weight"])
-        downProj = LinearWeight(w[prefix + "down_proj.weight"])
+        gateProj = w.linear(prefix + "gate_proj.weight")
+        upProj = w.linear(prefix + "up_proj.weight")
+        downProj = w.linear(prefix + "down_proj.weight")
     }
 
-    init(gate: Tensor, up: Tensor, down: Tensor) {
-        gateProj = LinearWeight(gate); upProj = LinearWeight(up); downProj = LinearWeight(down)
+    /// Expert `e` of the stacked `switch_mlp` projections.
+    init(weights w: Weights, stacked prefix: String, expert e: Int) {
+        gateProj = w.linear(prefix + "gate_proj.weight", expert: e)
+        upProj = w.linear(prefix + "up_proj.weight", expert: e)
+        downProj = w.linear(prefix + "down_proj.weight", expert: e)
     }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
@@ -37,17 +40,10 @@ struct SparseMoE {
 
     init(weights w: Weights, layer i: Int, config c: TextConfig) {
         let p = WeightNames.layer(i, "mlp.")
-        router = LinearWeight(w[p + "gate.weight"])
-        let gates = w[p + "switch_mlp.gate_proj.weight"], ups = w[p + "switch_mlp.up_proj.weight"]
-        let downs = w[p + "switch_mlp.down_proj.weight"]
-        let (Im, D) = (c.moeIntermediateSize, c.hiddenSize)
-        experts = (0..<c.numExperts).map { e in
-            MLP(gate: gates.slice(axis: 0, start: e, length: 1).reshaped([Im, D]),
-                up: ups.slice(axis: 0, start: e, length: 1).reshaped([Im, D]),
-                down: downs.slice(axis: 0, start: e, length: 1).reshaped([D, Im]))
-        }
+        router = w.linear(p + "gate.weight")
+        experts = (0..<c.numExperts).map { MLP(weights: w, stacked: p + "switch_mlp.", expert: $0) }
         sharedExpert = MLP(weights: w, prefix: p + "shared_expert.")
-        sharedExpertGate = LinearWeight(w[p + "shared_expert_gate.weight"])
+        sharedExpertGate = w.linear(p + "shared_expert_gate.weight")
         topK = c.numExpertsPerTok
         normalizeTopK = c.normTopkProb
     }

@@ -17,11 +17,11 @@ struct GatedDeltaNet {
 
     init(weights w: Weights, layer i: Int, config c: TextConfig) {
         let name = { WeightNames.layer(i, "linear_attn." + $0) }
-        inProjQKV = LinearWeight(w[name("in_proj_qkv.weight")]); inProjZ = LinearWeight(w[name("in_proj_z.weight")])
-        inProjB = LinearWeight(w[name("in_proj_b.weight")]); inProjA = LinearWeight(w[name("in_proj_a.weight")])
+        inProjQKV = w.linear(name("in_proj_qkv.weight")); inProjZ = w.linear(name("in_proj_z.weight"))
+        inProjB = w.linear(name("in_proj_b.weight")); inProjA = w.linear(name("in_proj_a.weight"))
         convWeight = w[name("conv1d.weight")]
         dtBias = w[name("dt_bias")]; aLog = w[name("A_log")]
-        normWeight = w[name("norm.weight")]; outProj = LinearWeight(w[name("out_proj.weight")])
+        normWeight = w[name("norm.weight")]; outProj = w.linear(name("out_proj.weight"))
         keyHeads = c.linearNumKeyHeads; valueHeads = c.linearNumValueHeads
         keyDim = c.linearKeyHeadDim; valueDim = c.linearValueHeadDim
         kernel = c.linearConvKernelDim; eps = c.eps

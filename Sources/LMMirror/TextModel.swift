@@ -57,9 +57,9 @@ struct DecoderLayer {
 public final class LMTextModel: QwenLanguageModel {
     public let config: TextConfig
     private let embedTokens: Tensor
-    private let layers: [DecoderLayer]
+    let layers: [DecoderLayer]
     private let finalNorm: Tensor
-    private let lmHead: LinearWeight
+    let lmHead: LinearWeight
 
     public init(config: TextConfig, weights: Weights) {
         self.config = config
@@ -68,7 +68,7 @@ public final class LMTextModel: QwenLanguageModel {
             DecoderLayer(weights: weights, layer: i, kind: kind, config: config)
         }
         finalNorm = weights[WeightNames.finalNorm]
-        lmHead = LinearWeight(config.tieWordEmbeddings ? embedTokens : weights[WeightNames.lmHead])
+        lmHead = weights.linear(config.tieWordEmbeddings ? WeightNames.embedTokens : WeightNames.lmHead)
     }
 
     public func makeCache(leftPadding: [Int]?) -> PromptCache {

@@ -1,3 +1,4 @@
+import Foundation
 import ParityTensor
 
 public enum WeightError: Error, CustomStringConvertible, Equatable {
@@ -24,6 +25,8 @@ public enum WeightError: Error, CustomStringConvertible, Equatable {
 /// every provided tensor used, every value finite.
 public struct Weights: Sendable {
     private let tensors: [String: Tensor]
+    /// Packed projections, shared by every copy of this value (see `linear`).
+    private let packs = LinearPacks()
 
     public init(_ provided: [String: Tensor], config: TextConfig, source: String) throws {
         let expected = WeightNames.expected(for: config)
@@ -49,4 +52,43 @@ public struct Weights: Sendable {
     }
 
     public var names: [String] { tensors.keys.sorted() }
+
+    /// The projection `name` (`[N, K]`) packed for `x Wᵀ`, packed once and shared: every model built
+    /// from these weights (the lm and vlm mirrors inside the unified model) holds the same copy.
+    public func linear(_ name: String) -> LinearWeight {
+        packs.packed(name) { self[name] }
+    }
+
+    /// Expert `e` of a stacked `[E, N, K]` projection (`switch_mlp.*`), packed once and shared.
+    public func linear(_ name: String, expert e: Int) -> LinearWeight {
+        packs.packed("\(name)[\(e)]") {
+            let stacked = self[name]
+            precondition(stacked.rank == 3 && e >= 0 && e < stacked.shape[0], "[Weights.linear] expert \(e) of \(name) \(stacked.shape)")
+            return stacked.slice(axis: 0, start: e, length: 1).reshaped([stacked.shape[1], stacked.shape[2]])
+        }
+    }
+
+    /// How many projections have been packed so far (each at most once).
+    public var packedCount: Int { packs.count }
+}
+
+/// A thread-safe memo of packed projections, keyed by weight name (and expert).
+final class LinearPacks: @unchecked Sendable {
+    private let lock = NSLock()
+    private var packed: [String: LinearWeight] = [:]
+
+    func packed(_ key: String, _ weight: () -> Tensor) -> LinearWeight {
+        lock.lock()
+        defer { lock.unlock() }
+        if let p = packed[key] { return p }
+        let p = LinearWeight(weight())
+        packed[key] = p
+        return p
+    }
+
+    var count: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return packed.count
+    }
 }

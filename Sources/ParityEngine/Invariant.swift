@@ -2,6 +2,7 @@ import Foundation
 import LMMirror
 import ParityCore
 import ParityTensor
+import UnifiedModel
 import VLMMirror
 
 // Declared equivalences: each invariant names what it compares, its tolerance class and the
@@ -12,17 +13,37 @@ public struct Implementations {
     public var lm: QwenLanguageModel
     /// A fresh vlm mirror per scenario: it keeps position state between calls, as mlx-vlm does.
     public var makeVLM: (() -> QwenLanguageModel)?
+    /// The unified (patched) model: one object serving prediction after prediction, as upstream,
+    /// so state it fails to clear shows up in the next prediction.
+    public var unified: UnifiedTextModel?
+    /// Why there is no unified model for this golden (its config is not one mlx-vlm accepts).
+    public var unifiedUnavailable: String?
 
-    public init(lm: QwenLanguageModel, makeVLM: (() -> QwenLanguageModel)? = nil) {
+    public init(lm: QwenLanguageModel, makeVLM: (() -> QwenLanguageModel)? = nil,
+                unified: UnifiedTextModel? = nil, unifiedUnavailable: String? = nil) {
         self.lm = lm
         self.makeVLM = makeVLM
+        self.unified = unified
+        self.unifiedUnavailable = unifiedUnavailable
     }
 
+    /// Every model from one `Weights`, so they share one packed copy of each projection.
     public static func standard(_ golden: GoldenFile, modelDirectory: String? = nil) throws -> Implementations {
         let weights = try golden.weights(modelDirectory: modelDirectory)
         let vlm = try golden.vlmConfig()
+        var unified: UnifiedTextModel?, unavailable: String?
+        do {
+            // Goldens without mlx-vlm paths (model directories) still get the unified model when
+            // mlx-vlm would accept their config; its MRoPE route then uses the library's token ids.
+            let vlmText = try vlm?.text ?? TextConfig.mlxVLM(json: Data(golden.rawConfigJSON.utf8), source: "\(golden.path): /config raw_json")
+            unified = try UnifiedTextModel(config: golden.config, vlmConfig: vlmText,
+                                           multimodal: vlm?.multimodal ?? .libraryDefault, weights: weights)
+        } catch {
+            unavailable = "\(error)"
+        }
         return Implementations(lm: LMTextModel(config: golden.config, weights: weights),
-                               makeVLM: vlm.map { v in { VLMTextModel(config: v.text, multimodal: v.multimodal, weights: weights) } })
+                               makeVLM: vlm.map { v in { VLMTextModel(config: v.text, multimodal: v.multimodal, weights: weights) } },
+                               unified: unified, unifiedUnavailable: unavailable)
     }
 }
 
@@ -106,7 +127,40 @@ public enum InvariantRegistry {
                   tolerance: .exact, measure: chunkedSweep),
         Invariant(id: "lm-batch-vs-single", compares: "lm mirror: left-padded batch (vector offsets) vs each row alone, prompt and decodes",
                   tolerance: .exact, appliesTo: { $0.file.exists("/inputs/batch/token_ids") }, measure: batchVersusSingle),
+
+        // The unified (patched) model, upstream's test list (docs/upstream-change.md). Exact where
+        // the same code runs; atol where the vlm route's chunked GatedDeltaNet scan meets its
+        // sequential step, which rounds differently by design.
+        Invariant(id: "unified-text-vs-lm", compares: "unified model, text only (no stored positions) vs the unpatched lm mirror: "
+                  + "every text schedule of the golden (whole, chunked, prefix + decode, token by token, batch), logits, layers, caches",
+                  tolerance: .exact, measure: unifiedTextVersusLM),
+        Invariant(id: "unified-image-vs-vlm", compares: "unified model, positions stored from the MRoPE prompt vs the vlm mirror driven "
+                  + "like mlx-vlm's generate (whole prompt's position_ids each chunk): every stored MRoPE schedule, and the image "
+                  + "prompt with get_rope_index run by the unified model, whole and [L-1, 1], with decodes; logits and layers",
+                  tolerance: .exact, appliesTo: hasMRoPEInputs, measure: unifiedImageVersusVLM),
+        Invariant(id: "unified-mrope-prefix-decode", compares: "unified model, MRoPE: whole prompt vs prefix + 1 and + 4 one-token calls, "
+                  + "and prompt + decode tokens in one call (stitched past the stored positions), then the same decodes; "
+                  + "atol 1e-5: the vlm route's chunked GDN scan vs its sequential step, measured <= 6.0e-6 dense / 5.7e-6 MoE "
+                  + "(numerics spec 6.2, MRoPE 'vlm chunked vs vlm full')",
+                  tolerance: .atol(1e-5), appliesTo: hasMRoPEInputs, measure: unifiedMRoPEPrefixDecode),
+        Invariant(id: "unified-mrope-chunked-sweep", compares: "unified model, MRoPE: chunked prefill at every step 1..L vs unchunked "
+                  + "(upstream cases: boundary inside the image span, image span in a later chunk; and the image prompt), "
+                  + "logits of the prompt and 2 decodes; atol 1e-5 from the spec's measured bound (6.2: <= 6.0e-6 dense / "
+                  + "5.7e-6 MoE MRoPE, <= 9.4e-6 text at L=100)",
+                  tolerance: .atol(1e-5), appliesTo: hasMRoPEInputs, measure: unifiedMRoPEChunkedSweep),
+        Invariant(id: "unified-no-state-leak", compares: "unified model, one object: a text prompt's logits before and after an image "
+                  + "prompt (three schedules), every call after it on the mlx-lm route; the image prompt before and after",
+                  tolerance: .exact, appliesTo: { $0.file.exists("/inputs/mrope/image_prompt") && $0.file.exists("/inputs/token_ids") },
+                  measure: unifiedNoStateLeak),
+        Invariant(id: "unified-multi-image-positions", compares: "unified model: the positions every call used, for each image token and "
+                  + "every other token and 2 decodes, vs get_rope_index in mlx-vlm (one- and two-image cases), chunk steps 1..L "
+                  + "and one call past the stored end",
+                  tolerance: .exact, appliesTo: { $0.file.exists("/rope_index") }, measure: unifiedMultiImagePositions),
     ]
+
+    static let hasMRoPEInputs: @Sendable (GoldenFile) -> Bool = {
+        $0.file.exists("/inputs/mrope") && $0.file.hasAttribute("vlm_json", of: "/config")
+    }
 
     public static func run(_ golden: GoldenFile, only: Set<String>? = nil, scenarios: Set<String>? = nil,
                            modelDirectory: String? = nil, implementations: Implementations? = nil) -> [InvariantRow] {

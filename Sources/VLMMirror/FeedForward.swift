@@ -9,12 +9,15 @@ import ParityTensor
 struct MLP {
     let gate: LinearWeight, up: LinearWeight, down: LinearWeight
 
-    init(gate: Tensor, up: Tensor, down: Tensor) {
-        self.gate = LinearWeight(gate); self.up = LinearWeight(up); self.down = LinearWeight(down)
+    init(weights w: Weights, prefix p: String) {
+        gate = w.linear(p + "gate_proj.weight"); up = w.linear(p + "up_proj.weight"); down = w.linear(p + "down_proj.weight")
     }
 
-    init(weights w: Weights, prefix p: String) {
-        self.init(gate: w[p + "gate_proj.weight"], up: w[p + "up_proj.weight"], down: w[p + "down_proj.weight"])
+    /// Expert `e` of the stacked `switch_mlp` projections.
+    init(weights w: Weights, stacked p: String, expert e: Int) {
+        gate = w.linear(p + "gate_proj.weight", expert: e)
+        up = w.linear(p + "up_proj.weight", expert: e)
+        down = w.linear(p + "down_proj.weight", expert: e)
     }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
@@ -35,17 +38,10 @@ struct SparseMoE {
 
     init(weights w: Weights, layer i: Int, config c: TextConfig) {
         let p = WeightNames.layer(i, "mlp.")
-        router = LinearWeight(w[p + "gate.weight"])
-        let (E, Im, D) = (c.numExperts, c.moeIntermediateSize, c.hiddenSize)
-        let g = w[p + "switch_mlp.gate_proj.weight"], u = w[p + "switch_mlp.up_proj.weight"]
-        let d = w[p + "switch_mlp.down_proj.weight"]
-        experts = (0..<E).map { e in
-            MLP(gate: Tensor(shape: [Im, D], data: Array(g.data[(e * Im * D)..<((e + 1) * Im * D)])),
-                up: Tensor(shape: [Im, D], data: Array(u.data[(e * Im * D)..<((e + 1) * Im * D)])),
-                down: Tensor(shape: [D, Im], data: Array(d.data[(e * D * Im)..<((e + 1) * D * Im)])))
-        }
+        router = w.linear(p + "gate.weight")
+        experts = (0..<c.numExperts).map { MLP(weights: w, stacked: p + "switch_mlp.", expert: $0) }
         shared = MLP(weights: w, prefix: p + "shared_expert.")
-        sharedGate = LinearWeight(w[p + "shared_expert_gate.weight"])
+        sharedGate = w.linear(p + "shared_expert_gate.weight")
         topK = c.numExpertsPerTok
         normalize = c.normTopkProb
     }

@@ -347,7 +347,7 @@ public final class VLMTextModel: QwenLanguageModel {
         self.config = config
         self.multimodal = multimodal
         model = InnerModel(config: config, weights: weights)
-        lmHead = LinearWeight(config.tieWordEmbeddings ? model.embedTokens : weights[WeightNames.lmHead])
+        lmHead = weights.linear(config.tieWordEmbeddings ? WeightNames.embedTokens : WeightNames.lmHead)
         ropeIndex = RopeIndex(multimodal)
     }
 
