@@ -1,5 +1,6 @@
 import Foundation
 import LMMirror
+import UnifiedModel
 import VLMMirror
 import ParityCore
 import ParityTensor
@@ -190,6 +191,12 @@ public enum DiffSides {
             return ImplementationSide(id: "vlm", title: "vlm mirror", numerics: "mlx-vlm",
                                       model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights()),
                                       schedulePath: "mlx_vlm")
+        },
+        Entry(id: "unified", summary: "the unified (patched) model: text through the lm route, MRoPE through the vlm route") { golden, weights in
+            let vlm = try golden.vlmConfig()
+            return ImplementationSide(id: "unified", title: "unified model", numerics: "mlx-lm",
+                                      model: try UnifiedTextModel(config: golden.config, vlmConfig: vlm?.text ?? golden.config,
+                                                                  multimodal: vlm?.multimodal ?? .libraryDefault, weights: try weights()))
         },
     ]
 

@@ -171,7 +171,7 @@ struct FaultCase: CustomTestStringConvertible, Sendable {
 
     @Test func unknownSideAndBadFaultAreNamed() throws {
         let f = try DiffFixture("tiny-dense.h5")
-        #expect(throws: DiffError.unknownSide("mlx", known: ["golden-lm", "lm", "golden-vlm", "vlm"])) {
+        #expect(throws: DiffError.unknownSide("mlx", known: ["golden-lm", "lm", "golden-vlm", "vlm", "unified"])) {
             try DiffSides.make("mlx", golden: f.golden, weights: { f.weights })
         }
         #expect(throws: DiffError.self) { try SubStepFault(parsing: "conv_out") }
