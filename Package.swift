@@ -17,14 +17,16 @@ let package = Package(
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5",
                        providers: [.apt(["libhdf5-dev"])]),
 
-        // Float32 tensors; the matrix product goes through cblas_sgemm.
-        .target(name: "ParityTensor", dependencies: ["CBLAS"]),
+        // The in-order float32 GEMM kernel (C: AVX-512F / AVX2 / baseline, chosen at run time).
+        .target(name: "ParityKernels"),
+        // Float32 tensors; the matrix product (in-order kernel, or cblas_sgemm on request).
+        .target(name: "ParityTensor", dependencies: ["CBLAS", "ParityKernels"]),
         // HDF5 reading and writing for golden files.
         .target(name: "GoldenIO", dependencies: ["CHDF5"]),
         // Config, weight names, layer kinds, caches and the protocol both implementations share.
         .target(name: "ParityCore", dependencies: ["ParityTensor", "GoldenIO"]),
         // Mirror of mlx-lm's text path.
-        .target(name: "LMMirror", dependencies: ["ParityCore", "ParityTensor"]),
+        .target(name: "LMMirror", dependencies: ["ParityCore", "ParityTensor", "ParityKernels"]),
         // Scenarios, invariants, tolerances, reports.
         .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror"]),
         // Command-line commands (the executable only calls into this).

@@ -8,7 +8,7 @@ import ParityTensor
 struct MLP {
     let gateProj: LinearWeight, upProj: LinearWeight, downProj: LinearWeight
 
-    init(weights w: Weights, prefix: String) {
+    init(weights w: some WeightProvider, prefix: String) {
         gateProj = LinearWeight(w[prefix + "gate_proj.weight"])
         upProj = LinearWeight(w[prefix + "up_proj.weight"])
         downProj = LinearWeight(w[prefix + "down_proj.weight"])
@@ -35,7 +35,7 @@ struct SparseMoE {
     let topK: Int
     let normalizeTopK: Bool
 
-    init(weights w: Weights, layer i: Int, config c: TextConfig) {
+    init(weights w: some WeightProvider, layer i: Int, config c: TextConfig) {
         let p = WeightNames.layer(i, "mlp.")
         router = LinearWeight(w[p + "gate.weight"])
         let gates = w[p + "switch_mlp.gate_proj.weight"], ups = w[p + "switch_mlp.up_proj.weight"]

@@ -15,7 +15,7 @@ struct GatedDeltaNet {
     let outProj: LinearWeight
     let keyHeads: Int, valueHeads: Int, keyDim: Int, valueDim: Int, kernel: Int, eps: Float
 
-    init(weights w: Weights, layer i: Int, config c: TextConfig) {
+    init(weights w: some WeightProvider, layer i: Int, config c: TextConfig) {
         let name = { WeightNames.layer(i, "linear_attn." + $0) }
         inProjQKV = LinearWeight(w[name("in_proj_qkv.weight")]); inProjZ = LinearWeight(w[name("in_proj_z.weight")])
         inProjB = LinearWeight(w[name("in_proj_b.weight")]); inProjA = LinearWeight(w[name("in_proj_a.weight")])
@@ -126,48 +126,17 @@ struct GatedDeltaNet {
 
     /// The sequential gated delta rule with a float32 state `[B, Hv, dv, dk]`. Value head `h`
     /// reads key head `h / (Hv / Hk)`. A masked step keeps the old state but still emits `y`.
+    /// The steps run in ParityKernels (`pk_gated_delta`) on the state transposed to `[dk, dv]`,
+    /// elementwise across dv with every sum over dk in order; heads are split across threads.
     func deltaRule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
-                           state: inout Tensor, mask: [Bool]?) -> Tensor {
+                   state: inout Tensor, mask: [Bool]?) -> Tensor {
         let (B, S, Hk, dk) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
         let (Hv, dv) = (v.shape[2], v.shape[3])
-        let repeatFactor = Hv / Hk
         var y = [Float](repeating: 0, count: B * S * Hv * dv)
-        var saved = [Float](repeating: 0, count: dv * dk)
-        var kvMemory = [Float](repeating: 0, count: dv)
-        for b in 0..<B {
-            for h in 0..<Hv {
-                let kh = h / repeatFactor
-                let sBase = (b * Hv + h) * dv * dk
-                for t in 0..<S {
-                    let keep = mask.map { $0[b * S + t] } ?? true
-                    if !keep { for i in 0..<(dv * dk) { saved[i] = state.data[sBase + i] } }
-                    let decay = g.data[(b * S + t) * Hv + h]
-                    let betaT = beta.data[(b * S + t) * Hv + h]
-                    let qBase = ((b * S + t) * Hk + kh) * dk
-                    let vBase = ((b * S + t) * Hv + h) * dv
-                    for i in 0..<dv {
-                        var m: Float = 0
-                        for j in 0..<dk {
-                            let s = state.data[sBase + i * dk + j] * decay
-                            state.data[sBase + i * dk + j] = s
-                            m += s * k.data[qBase + j]
-                        }
-                        kvMemory[i] = m
-                    }
-                    for i in 0..<dv {
-                        let delta = (v.data[vBase + i] - kvMemory[i]) * betaT
-                        var out: Float = 0
-                        for j in 0..<dk {
-                            let s = state.data[sBase + i * dk + j] + k.data[qBase + j] * delta
-                            state.data[sBase + i * dk + j] = s
-                            out += s * q.data[qBase + j]
-                        }
-                        y[vBase + i] = out
-                    }
-                    if !keep { for i in 0..<(dv * dk) { state.data[sBase + i] = saved[i] } }
-                }
-            }
-        }
+        let keep: [UInt8]? = mask.map { $0.map { $0 ? 1 : 0 } }
+        DeltaRuleKernel.run(q: q.data, k: k.data, v: v.data, g: g.data, beta: beta.data, keep: keep,
+                            state: &state.data, y: &y,
+                            shape: .init(batch: B, steps: S, keyHeads: Hk, keyDim: dk, valueHeads: Hv, valueDim: dv))
         return Tensor(shape: [B, S, Hv, dv], data: y)
     }
 }
