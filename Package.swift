@@ -29,9 +29,11 @@ let package = Package(
         .target(name: "LMMirror", dependencies: ["ParityCore", "ParityTensor", "ParityKernels"]),
         // Scenarios, invariants, tolerances, reports.
         .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror"]),
+        // Side-by-side benchmark: the Swift mirror against the Python peers, each in its own process.
+        .target(name: "ParityBench", dependencies: ["ParityEngine", "LMMirror", "ParityCore", "ParityTensor", "GoldenIO"]),
         // Command-line commands (the executable only calls into this).
         .target(name: "ParityCLI", dependencies: [
-            "ParityEngine",
+            "ParityEngine", "ParityBench",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "qwen-parity", dependencies: ["ParityCLI"]),
