@@ -19,9 +19,9 @@ struct MLP {
     }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
-        var hidden = x.linear(gateProj)
+        let gate = x.linear(gateProj)
         let up = x.linear(upProj)
-        for i in hidden.data.indices { hidden.data[i] = Activation.silu(hidden.data[i]) * up.data[i] }
+        let hidden = Tensor(shape: gate.shape, data: Activation.siluTimes(gate.data, up.data))
         return hidden.linear(downProj)
     }
 }

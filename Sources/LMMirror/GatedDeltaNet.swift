@@ -1,6 +1,7 @@
 import Foundation
 import ParityCore
 import ParityTensor
+internal import ParityKernels
 
 // mirrors mlx_lm/models/qwen3_5.py GatedDeltaNet with gated_delta.py's ops path (the sequential
 // recurrence mlx-lm always runs on CPU).
@@ -10,6 +11,7 @@ import ParityTensor
 struct GatedDeltaNet {
     let inProjQKV: LinearWeight, inProjZ: LinearWeight, inProjB: LinearWeight, inProjA: LinearWeight
     let convWeight: Tensor        // [Cc, K, 1]
+    let convWeightByTap: [Float]  // the same, transposed to [K, Cc] for the vectorised kernel
     let dtBias: Tensor, aLog: Tensor
     let normWeight: Tensor        // [dv], no +1 shift
     let outProj: LinearWeight
@@ -20,6 +22,8 @@ struct GatedDeltaNet {
         inProjQKV = LinearWeight(w[name("in_proj_qkv.weight")]); inProjZ = LinearWeight(w[name("in_proj_z.weight")])
         inProjB = LinearWeight(w[name("in_proj_b.weight")]); inProjA = LinearWeight(w[name("in_proj_a.weight")])
         convWeight = w[name("conv1d.weight")]
+        let (channels, taps) = (convWeight.shape[0], convWeight.shape[1])
+        convWeightByTap = (0..<(taps * channels)).map { [convWeight] i in convWeight.data[(i % channels) * taps + i / channels] }
         dtBias = w[name("dt_bias")]; aLog = w[name("A_log")]
         normWeight = w[name("norm.weight")]; outProj = LinearWeight(w[name("out_proj.weight")])
         keyHeads = c.linearNumKeyHeads; valueHeads = c.linearNumValueHeads
@@ -88,7 +92,7 @@ struct GatedDeltaNet {
         // Gated RMSNorm per value head: norm(y)·w, then silu(z) times it in float32.
         let normed = y.rmsNorm(weight: normWeight, eps: eps)
         var gatedOut = normed.reshaped([B, S, Hv * dv])
-        for i in gatedOut.data.indices { gatedOut.data[i] = Activation.silu(z.data[i]) * gatedOut.data[i] }
+        gatedOut.data = Activation.siluTimes(z.data, gatedOut.data)
         trace("gated_norm_out", gatedOut)
         let out = gatedOut.linear(outProj)
         trace("out_proj", out)
@@ -108,16 +112,18 @@ struct GatedDeltaNet {
         return Tensor.concatenate(rows, axis: 0)
     }
 
-    /// `out[t, c] = silu(Σ_j in[t + j, c] · w[c, j])`: cross-correlation, no kernel flip.
+    /// `out[t, c] = silu(Σ_j in[t + j, c] · w[c, j])`: cross-correlation, no kernel flip, summed
+    /// over j in order (ParityKernels, vectorised across channels).
     func depthwiseConvSilu(_ input: Tensor, steps S: Int) -> Tensor {
         let (B, span, Cc) = (input.shape[0], input.shape[1], input.shape[2])
         var out = [Float](repeating: 0, count: B * S * Cc)
-        for b in 0..<B {
-            for t in 0..<S {
-                for c in 0..<Cc {
-                    var sum: Float = 0
-                    for j in 0..<kernel { sum += input.data[(b * span + t + j) * Cc + c] * convWeight.data[c * kernel + j] }
-                    out[(b * S + t) * Cc + c] = Activation.silu(sum)
+        input.data.withUnsafeBufferPointer { x in
+            convWeightByTap.withUnsafeBufferPointer { w in
+                out.withUnsafeMutableBufferPointer { y in
+                    for b in 0..<B {
+                        pk_conv_silu(x.baseAddress! + b * span * Cc, w.baseAddress!, y.baseAddress! + b * S * Cc,
+                                     Int32(S), Int32(Cc), Int32(kernel))
+                    }
                 }
             }
         }

@@ -73,3 +73,24 @@ void pk_gated_delta(float *state_t, int dk, int dv, int steps,
 }
 #endif
 #endif
+
+#ifndef PARITY_KERNELS_ELEMENTWISE_H
+#define PARITY_KERNELS_ELEMENTWISE_H
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// `out[i] = silu(a[i]) · b[i]` with mlx's CPU exp (the Cephes polynomial with FMAs that
+/// MLXMath.exp mirrors): silu(x) = x · σ(x), σ(x) = 1/(1 + e^|x|), mirrored for x ≥ 0.
+/// Bit-identical to MLXMath / Activation.silu; `out` may alias `a` or `b`.
+void pk_silu_mul(const float *a, const float *b, float *out, size_t n);
+
+/// The depthwise causal convolution of the GatedDeltaNet with silu:
+/// out[t, c] = silu(Σ_j in[t + j, c] · w_t[j, c]) for t < steps, summed over j in order.
+/// `in` is `[steps + kernel − 1, channels]`, `w_t` the weight transposed to `[kernel, channels]`.
+void pk_conv_silu(const float *in, const float *w_t, float *out, int steps, int channels, int kernel);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
