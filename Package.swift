@@ -43,5 +43,6 @@ let package = Package(
         .testTarget(name: "ParityCoreTests", dependencies: ["ParityCore"]),
         .testTarget(name: "LMMirrorTests", dependencies: ["LMMirror", "ParityCore"]),
         .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO"]),
+        .testTarget(name: "ParityBenchTests", dependencies: ["ParityBench", "ParityCore"]),
     ]
 )

@@ -101,9 +101,29 @@ public enum BenchReport {
             row += ["", ""]
             rows.append(row)
         }
+        // Ratios of medians, each Swift engine against each peer, measured in this one run.
+        let measured = results.filter { $0.skipped == nil }
+        let swift = measured.filter { EngineKind(rawValue: $0.engine)?.isSwift ?? false }
+        let peers = measured.filter { !(EngineKind(rawValue: $0.engine)?.isSwift ?? false) }
+        var ratioRows: [[String]] = []
+        for s in swift {
+            for p in peers {
+                var cells = ["\(s.engine) / \(p.engine)"]
+                for L in plan.lengths {
+                    let a = s.prefill?[String(L)].map { Summary($0).median }, b = p.prefill?[String(L)].map { Summary($0).median }
+                    cells.append(a.flatMap { a in b.map { String(format: "%.2f×", a / $0) } } ?? "–")
+                }
+                let a = s.decode.map { Summary($0).median }, b = p.decode.map { Summary($0).median }
+                cells.append(a.flatMap { a in b.map { String(format: "%.2f×", a / $0) } } ?? "–")
+                cells.append(s.peakRSSBytes.flatMap { a in p.peakRSSBytes.map { String(format: "%.2f×", Double(a) / Double($0)) } } ?? "–")
+                cells.append("")
+                ratioRows.append(cells)
+            }
+        }
+
         let header = ["engine (tokens/s)"] + columns
         var widths = header.map(\.count)
-        for row in rows where row.count == header.count {
+        for row in rows + ratioRows where row.count == header.count {
             for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) }
         }
         var lines = [zip(header, widths).map { pad($0, $1) }.joined(separator: "  ")]
@@ -112,26 +132,10 @@ public enum BenchReport {
                          ? zip(row, widths).map { pad($0, $1) }.joined(separator: "  ")
                          : pad(row[0], widths[0]) + "  " + row[1])
         }
-
-        // Ratios of medians, each Swift engine against each peer, measured in this one run.
-        let measured = results.filter { $0.skipped == nil }
-        let swift = measured.filter { EngineKind(rawValue: $0.engine)?.isSwift ?? false }
-        let peers = measured.filter { !(EngineKind(rawValue: $0.engine)?.isSwift ?? false) }
-        if !swift.isEmpty && !peers.isEmpty {
+        if !ratioRows.isEmpty {
             lines.append("")
-            lines.append("Swift / peer (ratio of medians, same run)")
-            for s in swift {
-                for p in peers {
-                    var cells = ["\(s.engine) / \(p.engine)"]
-                    for L in plan.lengths {
-                        let a = s.prefill?[String(L)].map { Summary($0).median }, b = p.prefill?[String(L)].map { Summary($0).median }
-                        cells.append(a.flatMap { a in b.map { String(format: "%.2f×", a / $0) } } ?? "–")
-                    }
-                    let a = s.decode.map { Summary($0).median }, b = p.decode.map { Summary($0).median }
-                    cells.append(a.flatMap { a in b.map { String(format: "%.2f×", a / $0) } } ?? "–")
-                    lines.append(zip(cells, widths).map { pad($0, $1) }.joined(separator: "  "))
-                }
-            }
+            lines.append("Swift / peer, ratio of medians from this run (RSS column: ratio of peak RSS)")
+            for row in ratioRows { lines.append(zip(row, widths).map { pad($0, $1) }.joined(separator: "  ")) }
         }
         lines.append("")
         lines.append("ran with")

@@ -133,3 +133,28 @@ public struct BenchEngine: ParsableCommand {
         print(String(decoding: line, as: UTF8.self))
     }
 }
+
+/// `qwen-parity bench-kernel`: the matrix product alone at the 0.8B shapes.
+public struct BenchKernel: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "bench-kernel",
+        abstract: "Time the matrix product alone at the Qwen3.5-0.8B shapes (GFLOP/s, and GB/s of weights at M = 1).")
+
+    @Option(help: "in-order (the exact default) or openblas.")
+    var backend = "in-order"
+
+    @Option(help: "Kernel instruction set for in-order: avx512f, avx2 or generic (default: the CPU's best).")
+    var kernel: String?
+
+    public init() {}
+
+    public func run() throws {
+        let chosen: MatrixProduct.Backend = backend == "openblas" ? .openblas : .sequential
+        if let kernel, !MatrixProduct.selectKernel(kernel) { throw ValidationError("this CPU cannot run the \(kernel) kernel") }
+        let what = chosen == .sequential
+            ? "in-order kernel \(MatrixProduct.kernelName), \(MatrixProduct.threads) threads"
+            : "OpenBLAS sgemm, core \(MatrixProduct.openBLASCore), \(MatrixProduct.openBLASThreads) threads"
+        print(what)
+        for line in KernelBench.run(backend: chosen) { print("  " + line) }
+    }
+}

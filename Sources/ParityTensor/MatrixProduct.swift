@@ -179,8 +179,14 @@ public struct LinearWeight: Sendable {
             panels.product(x, m: m, into: y)
         } else {
             rowMajor!.withUnsafeBufferPointer { w in
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(outputs), Int32(inputs),
-                            1, x, Int32(inputs), w.baseAddress!, Int32(inputs), 0, y, Int32(outputs))
+                if m == 1 {
+                    // One row: a matrix-vector product (OpenBLAS 0.3.21's sgemm would pack all of W).
+                    cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(outputs), Int32(inputs),
+                                1, w.baseAddress!, Int32(inputs), x, 1, 0, y, 1)
+                } else {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(outputs), Int32(inputs),
+                                1, x, Int32(inputs), w.baseAddress!, Int32(inputs), 0, y, Int32(outputs))
+                }
             }
         }
     }
