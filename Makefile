@@ -15,7 +15,7 @@ APT_PACKAGES := libopenblas-dev libhdf5-dev pkg-config
 # unoptimised, and -enable-testing lets the tests reach internal helpers.
 BUILD_FLAGS := -c release -Xswiftc -enable-testing
 
-.PHONY: deps test parity golden golden-check test-tools venv build clean
+.PHONY: deps test parity golden golden-check test-tools venv build clean bench
 
 ## deps: install the system libraries (OpenBLAS, HDF5, pkg-config) with apt-get when missing
 deps:
@@ -67,6 +67,14 @@ golden-check: venv
 ## test-tools: tests of the golden tools (review/history, freshness check, atomic writes)
 test-tools: venv
 	$(PYTHON) -m unittest discover -s tools -p "test_*.py" -v
+
+## bench: the Swift mirror against mlx-lm and torch on the Qwen3.5-0.8B shape (BENCH_ARGS=... for options)
+BENCH_DATA := bench-data/qwen3.5-0.8b.h5
+bench: build venv $(BENCH_DATA)
+	$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/qwen-parity bench --data $(BENCH_DATA) $(BENCH_ARGS)
+
+$(BENCH_DATA): tools/bench/qwen3.5-0.8b-text.json | venv
+	$(PYTHON) tools/bench.py weights --config $< --out $@
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: tools/requirements.txt

@@ -17,14 +17,16 @@ let package = Package(
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5",
                        providers: [.apt(["libhdf5-dev"])]),
 
-        // Float32 tensors; the matrix product goes through cblas_sgemm.
-        .target(name: "ParityTensor", dependencies: ["CBLAS"]),
+        // The in-order float32 GEMM kernel (C: AVX-512F / AVX2 / baseline, chosen at run time).
+        .target(name: "ParityKernels"),
+        // Float32 tensors; the matrix product (in-order kernel, or cblas_sgemm on request).
+        .target(name: "ParityTensor", dependencies: ["CBLAS", "ParityKernels"]),
         // HDF5 reading and writing for golden files.
         .target(name: "GoldenIO", dependencies: ["CHDF5"]),
         // Config, weight names, layer kinds, caches and the protocol both implementations share.
         .target(name: "ParityCore", dependencies: ["ParityTensor", "GoldenIO"]),
         // Mirror of mlx-lm's text path.
-        .target(name: "LMMirror", dependencies: ["ParityCore", "ParityTensor"]),
+        .target(name: "LMMirror", dependencies: ["ParityCore", "ParityTensor", "ParityKernels"]),
         // Mirror of mlx-vlm's language model: MRoPE, stateful positions, chunked GatedDeltaNet prefill.
         .target(name: "VLMMirror", dependencies: ["ParityCore", "ParityTensor"]),
         // mlx-engine's unified (patched) Qwen 3.5 text model: the lm mirror for text calls, the vlm
@@ -34,9 +36,11 @@ let package = Package(
         .target(name: "Checkpoint", dependencies: ["ParityCore", "ParityTensor"]),
         // Scenarios, invariants, tolerances, reports, golden provenance.
         .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror", "VLMMirror", "UnifiedModel", "Checkpoint"]),
+        // Side-by-side benchmark: the Swift mirror against the Python peers, each in its own process.
+        .target(name: "ParityBench", dependencies: ["ParityEngine", "LMMirror", "ParityCore", "ParityTensor", "GoldenIO"]),
         // Command-line commands (the executable only calls into this).
         .target(name: "ParityCLI", dependencies: [
-            "ParityEngine",
+            "ParityEngine", "ParityBench",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "qwen-parity", dependencies: ["ParityCLI"]),
@@ -53,5 +57,6 @@ let package = Package(
         .testTarget(name: "ReliabilityTests", dependencies: ["GoldenIO", "ParityEngine"]),
         // Test-only: one AtomicFile.write, for the kill test to SIGKILL part-way.
         .executableTarget(name: "atomic-write-probe", dependencies: ["ParityEngine"], path: "Tests/AtomicWriteProbe"),
+        .testTarget(name: "ParityBenchTests", dependencies: ["ParityBench", "ParityCore"]),
     ]
 )

@@ -22,7 +22,7 @@ struct Attention {
     let heads: Int, kvHeads: Int, headDim: Int, eps: Float
     let rope: Rope
 
-    init(weights w: Weights, layer i: Int, config c: TextConfig) {
+    init(weights w: some WeightProvider, layer i: Int, config c: TextConfig) {
         let name = { WeightNames.layer(i, "self_attn." + $0) }
         qProj = w.linear(name("q_proj.weight")); kProj = w.linear(name("k_proj.weight"))
         vProj = w.linear(name("v_proj.weight")); oProj = w.linear(name("o_proj.weight"))

@@ -8,23 +8,23 @@ import ParityTensor
 struct MLP {
     let gateProj: LinearWeight, upProj: LinearWeight, downProj: LinearWeight
 
-    init(weights w: Weights, prefix: String) {
+    init(weights w: some WeightProvider, prefix: String) {
         gateProj = w.linear(prefix + "gate_proj.weight")
         upProj = w.linear(prefix + "up_proj.weight")
         downProj = w.linear(prefix + "down_proj.weight")
     }
 
     /// Expert `e` of the stacked `switch_mlp` projections.
-    init(weights w: Weights, stacked prefix: String, expert e: Int) {
+    init(weights w: some WeightProvider, stacked prefix: String, expert e: Int) {
         gateProj = w.linear(prefix + "gate_proj.weight", expert: e)
         upProj = w.linear(prefix + "up_proj.weight", expert: e)
         downProj = w.linear(prefix + "down_proj.weight", expert: e)
     }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
-        var hidden = x.linear(gateProj)
+        let gate = x.linear(gateProj)
         let up = x.linear(upProj)
-        for i in hidden.data.indices { hidden.data[i] = Activation.silu(hidden.data[i]) * up.data[i] }
+        let hidden = Tensor(shape: gate.shape, data: Activation.siluTimes(gate.data, up.data))
         return hidden.linear(downProj)
     }
 }
@@ -38,7 +38,7 @@ struct SparseMoE {
     let topK: Int
     let normalizeTopK: Bool
 
-    init(weights w: Weights, layer i: Int, config c: TextConfig) {
+    init(weights w: some WeightProvider, layer i: Int, config c: TextConfig) {
         let p = WeightNames.layer(i, "mlp.")
         router = w.linear(p + "gate.weight")
         experts = (0..<c.numExperts).map { MLP(weights: w, stacked: p + "switch_mlp.", expert: $0) }

@@ -1,6 +1,7 @@
 import Foundation
 import ParityCore
 import ParityTensor
+internal import ParityKernels
 
 // mirrors mlx_lm/models/qwen3_5.py GatedDeltaNet with gated_delta.py's ops path (the sequential
 // recurrence mlx-lm always runs on CPU).
@@ -10,16 +11,19 @@ import ParityTensor
 struct GatedDeltaNet {
     let inProjQKV: LinearWeight, inProjZ: LinearWeight, inProjB: LinearWeight, inProjA: LinearWeight
     let convWeight: Tensor        // [Cc, K, 1]
+    let convWeightByTap: [Float]  // the same, transposed to [K, Cc] for the vectorised kernel
     let dtBias: Tensor, aLog: Tensor
     let normWeight: Tensor        // [dv], no +1 shift
     let outProj: LinearWeight
     let keyHeads: Int, valueHeads: Int, keyDim: Int, valueDim: Int, kernel: Int, eps: Float
 
-    init(weights w: Weights, layer i: Int, config c: TextConfig) {
+    init(weights w: some WeightProvider, layer i: Int, config c: TextConfig) {
         let name = { WeightNames.layer(i, "linear_attn." + $0) }
         inProjQKV = w.linear(name("in_proj_qkv.weight")); inProjZ = w.linear(name("in_proj_z.weight"))
         inProjB = w.linear(name("in_proj_b.weight")); inProjA = w.linear(name("in_proj_a.weight"))
         convWeight = w[name("conv1d.weight")]
+        let (channels, taps) = (convWeight.shape[0], convWeight.shape[1])
+        convWeightByTap = (0..<(taps * channels)).map { [convWeight] i in convWeight.data[(i % channels) * taps + i / channels] }
         dtBias = w[name("dt_bias")]; aLog = w[name("A_log")]
         normWeight = w[name("norm.weight")]; outProj = w.linear(name("out_proj.weight"))
         keyHeads = c.linearNumKeyHeads; valueHeads = c.linearNumValueHeads
@@ -105,7 +109,8 @@ struct GatedDeltaNet {
         return Tensor.concatenate(rows, axis: 0)
     }
 
-    /// `out[t, c] = silu(Σ_j in[t + j, c] · w[c, j])`: cross-correlation, no kernel flip.
+    /// `out[t, c] = silu(Σ_j in[t + j, c] · w[c, j])`: cross-correlation, no kernel flip, summed
+    /// over j in order (ParityKernels, vectorised across channels).
     func depthwiseConvSilu(_ input: Tensor, steps S: Int) -> Tensor {
         depthwiseConv(input, steps: S).map(Activation.silu)
     }
@@ -128,48 +133,17 @@ struct GatedDeltaNet {
 
     /// The sequential gated delta rule with a float32 state `[B, Hv, dv, dk]`. Value head `h`
     /// reads key head `h / (Hv / Hk)`. A masked step keeps the old state but still emits `y`.
+    /// The steps run in ParityKernels (`pk_gated_delta`) on the state transposed to `[dk, dv]`,
+    /// elementwise across dv with every sum over dk in order; heads are split across threads.
     func deltaRule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
-                           state: inout Tensor, mask: [Bool]?) -> Tensor {
+                   state: inout Tensor, mask: [Bool]?) -> Tensor {
         let (B, S, Hk, dk) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
         let (Hv, dv) = (v.shape[2], v.shape[3])
-        let repeatFactor = Hv / Hk
         var y = [Float](repeating: 0, count: B * S * Hv * dv)
-        var saved = [Float](repeating: 0, count: dv * dk)
-        var kvMemory = [Float](repeating: 0, count: dv)
-        for b in 0..<B {
-            for h in 0..<Hv {
-                let kh = h / repeatFactor
-                let sBase = (b * Hv + h) * dv * dk
-                for t in 0..<S {
-                    let keep = mask.map { $0[b * S + t] } ?? true
-                    if !keep { for i in 0..<(dv * dk) { saved[i] = state.data[sBase + i] } }
-                    let decay = g.data[(b * S + t) * Hv + h]
-                    let betaT = beta.data[(b * S + t) * Hv + h]
-                    let qBase = ((b * S + t) * Hk + kh) * dk
-                    let vBase = ((b * S + t) * Hv + h) * dv
-                    for i in 0..<dv {
-                        var m: Float = 0
-                        for j in 0..<dk {
-                            let s = state.data[sBase + i * dk + j] * decay
-                            state.data[sBase + i * dk + j] = s
-                            m += s * k.data[qBase + j]
-                        }
-                        kvMemory[i] = m
-                    }
-                    for i in 0..<dv {
-                        let delta = (v.data[vBase + i] - kvMemory[i]) * betaT
-                        var out: Float = 0
-                        for j in 0..<dk {
-                            let s = state.data[sBase + i * dk + j] + k.data[qBase + j] * delta
-                            state.data[sBase + i * dk + j] = s
-                            out += s * q.data[qBase + j]
-                        }
-                        y[vBase + i] = out
-                    }
-                    if !keep { for i in 0..<(dv * dk) { state.data[sBase + i] = saved[i] } }
-                }
-            }
-        }
+        let keep: [UInt8]? = mask.map { $0.map { $0 ? 1 : 0 } }
+        DeltaRuleKernel.run(q: q.data, k: k.data, v: v.data, g: g.data, beta: beta.data, keep: keep,
+                            state: &state.data, y: &y,
+                            shape: .init(batch: B, steps: S, keyHeads: Hk, keyDim: dk, valueHeads: Hv, valueDim: dv))
         return Tensor(shape: [B, S, Hv, dv], data: y)
     }
 }

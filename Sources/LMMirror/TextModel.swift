@@ -18,7 +18,7 @@ struct DecoderLayer {
     let inputNorm: Tensor, postAttentionNorm: Tensor
     let eps: Float
 
-    init(weights w: Weights, layer i: Int, kind: LayerKind, config c: TextConfig) {
+    init(weights w: some WeightProvider, layer i: Int, kind: LayerKind, config c: TextConfig) {
         index = i
         switch kind {
         case .linearAttention: mixer = .linear(GatedDeltaNet(weights: w, layer: i, config: c))
@@ -56,19 +56,27 @@ struct DecoderLayer {
 /// The mlx-lm text model: embed → decoder layers → final norm → lm head (or tied embeddings).
 public final class LMTextModel: QwenLanguageModel {
     public let config: TextConfig
-    private let embedTokens: Tensor
+    /// The embedding `[V, D]`; nil when tied, where rows come from the lm head's single copy.
+    private let embedTokens: Tensor?
     let layers: [DecoderLayer]
     private let finalNorm: Tensor
     let lmHead: LinearWeight
 
-    public init(config: TextConfig, weights: Weights) {
+    /// Tensors are taken one at a time and packed as they arrive; the lm head (with tied
+    /// embeddings, the embedding itself) comes first, so no raw copy outlives its packing.
+    public init(config: TextConfig, weights: some WeightProvider) {
         self.config = config
-        embedTokens = weights[WeightNames.embedTokens]
+        if config.tieWordEmbeddings {
+            lmHead = weights.linear(WeightNames.embedTokens)
+            embedTokens = nil
+        } else {
+            lmHead = weights.linear(WeightNames.lmHead)
+            embedTokens = weights[WeightNames.embedTokens]
+        }
         layers = config.layerKinds.enumerated().map { i, kind in
             DecoderLayer(weights: weights, layer: i, kind: kind, config: config)
         }
         finalNorm = weights[WeightNames.finalNorm]
-        lmHead = weights.linear(config.tieWordEmbeddings ? WeightNames.embedTokens : WeightNames.lmHead)
     }
 
     public func makeCache(leftPadding: [Int]?) -> PromptCache {
@@ -80,6 +88,27 @@ public final class LMTextModel: QwenLanguageModel {
         guard positionIds == nil else {
             throw ForwardError.unsupported("the mlx-lm text path takes no MRoPE position ids")
         }
+        return try hiddenStates(input, cache: cache, trace: trace).linear(lmHead)
+    }
+
+    /// Logits `[B, 1, V]` of the last position only: every token runs through the layers and
+    /// updates the cache, but the lm head (a quarter of the 0.8B model's weights) runs once per
+    /// row, as a generator's prompt step needs. The same bits as the last row of `forward`.
+    public func lastLogits(_ input: ModelInput, cache: PromptCache?) throws -> Tensor {
+        let normed = try hiddenStates(input, cache: cache, trace: nil)
+        let (B, L, D) = (normed.shape[0], normed.shape[1], normed.shape[2])
+        var last = normed
+        if L > 1 {
+            var rows = [Float]()
+            rows.reserveCapacity(B * D)
+            for b in 0..<B { rows.append(contentsOf: normed.data[((b * L + L - 1) * D)..<((b * L + L) * D)]) }
+            last = Tensor(shape: [B, 1, D], data: rows)
+        }
+        return last.linear(lmHead)
+    }
+
+    /// Embeddings through every layer and the final norm: `[B, L, D]`.
+    private func hiddenStates(_ input: ModelInput, cache: PromptCache?, trace: TraceSink?) throws -> Tensor {
         var h = try embed(input)
         let (B, L) = (h.shape[0], h.shape[1])
         if let cache, cache.layers.count != layers.count {
@@ -96,7 +125,7 @@ public final class LMTextModel: QwenLanguageModel {
         }
         let normed = h.rmsNorm(weight: finalNorm, eps: config.eps)
         trace?.record(.finalNorm, normed)
-        return normed.linear(lmHead)
+        return normed
     }
 
     private func embed(_ input: ModelInput) throws -> Tensor {
@@ -118,7 +147,11 @@ public final class LMTextModel: QwenLanguageModel {
                     guard id >= 0, id < config.vocabSize else {
                         throw ForwardError.tokenOutOfRange(row: r, position: t, id: id, vocabSize: config.vocabSize)
                     }
-                    data.append(contentsOf: embedTokens.data[(id * D)..<((id + 1) * D)])
+                    if let embedTokens {
+                        data.append(contentsOf: embedTokens.data[(id * D)..<((id + 1) * D)])
+                    } else {
+                        data.append(contentsOf: lmHead.row(id))
+                    }
                 }
             }
             return Tensor(shape: [rows.count, L, D], data: data)

@@ -6,7 +6,7 @@ public struct QwenParity: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "qwen-parity",
         abstract: "Checks Swift implementations of Qwen 3.5 against golden tensors from mlx-lm and mlx-vlm.",
-        subcommands: [Check.self, DiffCommand.self, InspectCommand.self])
+        subcommands: [Check.self, DiffCommand.self, InspectCommand.self, Bench.self, BenchEngine.self, BenchKernel.self])
     public init() {}
 }
 

@@ -1,5 +1,7 @@
+import Dispatch
 import Foundation
 internal import CBLAS
+internal import ParityKernels
 
 // The one home of the matrix product.
 //
@@ -7,9 +9,13 @@ internal import CBLAS
 // at a time: the order of the reference BLAS that the mlx CPU wheel links. Each element's result
 // therefore depends only on its own row and column, never on how many rows a call has, so a
 // chunked prefill gives the same bits as a whole one (mlx-lm's own property) and the projections
-// agree with mlx bit for bit. OpenBLAS's sgemm picks kernels by row count and does not have that
-// property (a 5-row call differs from a 32-row call in ~30 % of elements); it stays available as
-// the fast backend for benchmarks: QWEN_PARITY_GEMM=openblas.
+// agree with mlx bit for bit. The kernel itself (ParityKernels, C) is register-tiled and
+// vectorised across output columns, with weights packed once into 64-column panels; output
+// columns are split across threads. None of that changes any element's order of summation.
+//
+// OpenBLAS's sgemm picks kernels by row count and does not have that property (a 5-row call
+// differs from a 32-row call in ~30 % of elements); it stays available as the fast backend for
+// benchmarks: QWEN_PARITY_GEMM=openblas.
 
 public enum MatrixProduct {
     public enum Backend: String, Sendable { case sequential, openblas }
@@ -17,6 +23,24 @@ public enum MatrixProduct {
     public static let backend: Backend = {
         ProcessInfo.processInfo.environment["QWEN_PARITY_GEMM"].flatMap(Backend.init(rawValue:)) ?? .sequential
     }()
+
+    /// Threads the in-order kernel splits output columns across: QWEN_PARITY_THREADS, or every
+    /// active processor.
+    public static let threads: Int = {
+        if let text = ProcessInfo.processInfo.environment["QWEN_PARITY_THREADS"], let n = Int(text), n > 0 { return n }
+        return max(1, ProcessInfo.processInfo.activeProcessorCount)
+    }()
+
+    /// The instruction set of the in-order kernel: "avx512f", "avx2" or "generic".
+    public static var kernelName: String { String(cString: pk_kernel_name()) }
+
+    /// Runs the in-order kernel with another instruction set (tests); false when the CPU lacks it.
+    @discardableResult
+    public static func selectKernel(_ name: String) -> Bool { pk_select_kernel(name) != 0 }
+
+    /// OpenBLAS's core (e.g. "SkylakeX", "Prescott") and thread count, as the library reports them.
+    public static var openBLASCore: String { String(cString: openblas_get_corename()) }
+    public static var openBLASThreads: Int { Int(openblas_get_num_threads()) }
 
     /// `c[M, N] = a[M, K] · b[K, N]` for row-major buffers.
     public static func times(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
@@ -29,83 +53,148 @@ public enum MatrixProduct {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k),
                         1, a, Int32(k), b, Int32(n), 0, c, Int32(n))
         case .sequential:
-            sequentialProduct(a, b, into: c, m: m, n: n, k: k)
+            let panels = PackedPanels(b, n: n, k: k, transposed: false)
+            panels.product(a, m: m, into: c)
         }
     }
 
-    /// `c[M, N] = a[M, K] · b[N, K]ᵀ`: transposes `b` once, then multiplies.
+    /// `c[M, N] = a[M, K] · b[N, K]ᵀ`.
     public static func timesTransposed(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                                        into c: UnsafeMutablePointer<Float>, m: Int, n: Int, k: Int,
                                        backend: Backend = backend) {
         guard m > 0, n > 0 else { return }
         guard k > 0 else { c.update(repeating: 0, count: m * n); return }
-        if backend == .openblas {
+        switch backend {
+        case .openblas:
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
                         1, a, Int32(k), b, Int32(k), 0, c, Int32(n))
-            return
+        case .sequential:
+            let panels = PackedPanels(b, n: n, k: k, transposed: true)
+            panels.product(a, m: m, into: c)
         }
-        var bT = [Float](repeating: 0, count: k * n)
-        for j in 0..<n { for p in 0..<k { bT[p * n + j] = b[j * k + p] } }
-        bT.withUnsafeBufferPointer { sequentialProduct(a, $0.baseAddress!, into: c, m: m, n: n, k: k) }
+    }
+}
+
+/// A pointer that crosses into the worker threads of one product; each thread writes only the
+/// columns it owns.
+private struct SharedPointer<T>: @unchecked Sendable { let value: T }
+
+/// `B [K, N]` packed for the in-order kernel: 64-column panels, each `[K][64]`, zero-padded.
+struct PackedPanels: Sendable {
+    let n: Int, k: Int
+    let storage: [Float]
+
+    /// `source` is `B [K, N]`, or a weight `[N, K]` when `transposed` (then B = sourceᵀ).
+    init(_ source: UnsafePointer<Float>, n: Int, k: Int, transposed: Bool) {
+        self.n = n
+        self.k = k
+        let count = pk_packed_b_count(Int32(n), Int32(k))
+        storage = [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+            pk_pack_b(source, Int32(n), Int32(k), Int32(transposed ? k : n), transposed ? 1 : 0, buffer.baseAddress!)
+            initialized = count
+        }
     }
 
-    /// Vectorised across output columns; each column's sum runs over k in order.
-    private static func sequentialProduct(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                                          into c: UnsafeMutablePointer<Float>, m: Int, n: Int, k: Int) {
-        typealias V = SIMD8<Float>
-        let lanes = V.scalarCount
-        let vectorColumns = n - n % lanes
-        b.withMemoryRebound(to: Float.self, capacity: k * n) { b in
-            for i in 0..<m {
-                let row = a + i * k
-                let out = c + i * n
-                var j = 0
-                while j + 4 * lanes <= vectorColumns {
-                    var s0 = V(), s1 = V(), s2 = V(), s3 = V()
-                    for p in 0..<k {
-                        let x = V(repeating: row[p])
-                        let w = b + p * n + j
-                        s0 = s0 + x * UnsafeRawPointer(w).loadUnaligned(as: V.self)
-                        s1 = s1 + x * UnsafeRawPointer(w + lanes).loadUnaligned(as: V.self)
-                        s2 = s2 + x * UnsafeRawPointer(w + 2 * lanes).loadUnaligned(as: V.self)
-                        s3 = s3 + x * UnsafeRawPointer(w + 3 * lanes).loadUnaligned(as: V.self)
-                    }
-                    UnsafeMutableRawPointer(out + j).storeBytes(of: s0, as: V.self)
-                    UnsafeMutableRawPointer(out + j + lanes).storeBytes(of: s1, as: V.self)
-                    UnsafeMutableRawPointer(out + j + 2 * lanes).storeBytes(of: s2, as: V.self)
-                    UnsafeMutableRawPointer(out + j + 3 * lanes).storeBytes(of: s3, as: V.self)
-                    j += 4 * lanes
+    var panelCount: Int { (n + Int(PK_PANEL) - 1) / Int(PK_PANEL) }
+
+    /// Element `B[p, j]`.
+    @inline(__always)
+    func element(_ p: Int, _ j: Int) -> Float {
+        let panel = Int(PK_PANEL)
+        return storage[(j / panel) * k * panel + p * panel + j % panel]
+    }
+
+    /// `c[M, N] = a[M, K] · B`, output columns split across `MatrixProduct.threads` threads
+    /// when the product is large enough to pay for it.
+    func product(_ a: UnsafePointer<Float>, m: Int, into c: UnsafeMutablePointer<Float>) {
+        guard m > 0, n > 0 else { return }
+        guard k > 0 else { c.update(repeating: 0, count: m * n); return }
+        let packedCount = pk_packed_a_count(Int32(m), Int32(k))
+        let packedA = [Float](unsafeUninitializedCapacity: packedCount) { buffer, initialized in
+            pk_pack_a(a, Int32(m), Int32(k), Int32(k), buffer.baseAddress!)
+            initialized = packedCount
+        }
+        let panels = panelCount
+        let parts = min(MatrixProduct.threads, panels)
+        packedA.withUnsafeBufferPointer { ap in
+            storage.withUnsafeBufferPointer { bp in
+                let (aPointer, bPointer) = (ap.baseAddress!, bp.baseAddress!)
+                if parts <= 1 || m * n * k < 1 << 18 {
+                    pk_gemm(aPointer, bPointer, c, Int32(n), Int32(m), Int32(n), Int32(k), 0, Int32(panels))
+                    return
                 }
-                while j < vectorColumns {
-                    var s = V()
-                    for p in 0..<k { s = s + V(repeating: row[p]) * UnsafeRawPointer(b + p * n + j).loadUnaligned(as: V.self) }
-                    UnsafeMutableRawPointer(out + j).storeBytes(of: s, as: V.self)
-                    j += lanes
-                }
-                while j < n {
-                    var s: Float = 0
-                    for p in 0..<k { s = s + row[p] * b[p * n + j] }
-                    out[j] = s
-                    j += 1
+                let shared = SharedPointer(value: (aPointer, bPointer, c))
+                let (m32, n32, k32) = (Int32(m), Int32(n), Int32(k))
+                DispatchQueue.concurrentPerform(iterations: parts) { part in
+                    let (a, b, c) = shared.value
+                    let first = panels * part / parts, last = panels * (part + 1) / parts
+                    pk_gemm(a, b, c, n32, m32, n32, k32, Int32(first), Int32(last - first))
                 }
             }
         }
     }
 }
 
-/// A weight `W [N, K]` kept transposed as `[K, N]`, so `x Wᵀ` runs without a copy per call.
+/// A weight `W [N, K]` held once, in the layout its backend multiplies fastest: packed panels
+/// for the in-order kernel, row-major `[N, K]` for OpenBLAS (`x Wᵀ` as a transposed sgemm).
 public struct LinearWeight: Sendable {
     public let outputs: Int   // N
     public let inputs: Int    // K
-    let transposed: [Float]
+    public let backend: MatrixProduct.Backend
+    private let panels: PackedPanels?
+    private let rowMajor: [Float]?
 
-    public init(_ weight: Tensor) {
+    public init(_ weight: Tensor, backend: MatrixProduct.Backend = MatrixProduct.backend) {
         precondition(weight.rank == 2, "[LinearWeight] weight shape \(weight.shape)")
         outputs = weight.shape[0]
         inputs = weight.shape[1]
-        var t = [Float](repeating: 0, count: weight.count)
-        for j in 0..<outputs { for p in 0..<inputs { t[p * outputs + j] = weight.data[j * inputs + p] } }
-        transposed = t
+        self.backend = backend
+        switch backend {
+        case .sequential:
+            let (n, k) = (outputs, inputs)
+            panels = weight.data.withUnsafeBufferPointer { PackedPanels($0.baseAddress!, n: n, k: k, transposed: true) }
+            rowMajor = nil
+        case .openblas:
+            panels = nil
+            rowMajor = weight.data
+        }
+    }
+
+    /// The address of the packed elements: two values with the same address share one copy.
+    public var storageAddress: UInt {
+        if let panels { return panels.storage.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) } }
+        return rowMajor?.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) } ?? 0
+    }
+
+    /// Bytes this weight holds (packed panels are zero-padded to 64 outputs).
+    public var byteCount: Int { 4 * (panels?.storage.count ?? rowMajor?.count ?? 0) }
+
+    /// Row `j` of `W` (`[K]`): an embedding row when the weight is a tied embedding.
+    public func row(_ j: Int) -> ArraySlice<Float> {
+        precondition(j >= 0 && j < outputs, "[LinearWeight] row \(j) of \(outputs)")
+        if let rowMajor { return rowMajor[(j * inputs)..<((j + 1) * inputs)] }
+        let p = panels!
+        return ArraySlice((0..<inputs).map { p.element($0, j) })
+    }
+
+    /// `y[M, N] = x[M, K] · Wᵀ` into a buffer of `M · N` floats.
+    func apply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+        guard m > 0, outputs > 0 else { return }
+        guard inputs > 0 else { y.update(repeating: 0, count: m * outputs); return }
+        if let panels {
+            panels.product(x, m: m, into: y)
+        } else {
+            rowMajor!.withUnsafeBufferPointer { w in
+                if m == 1 {
+                    // One row: a matrix-vector product (OpenBLAS 0.3.21's sgemm would pack all of W).
+                    cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(outputs), Int32(inputs),
+                                1, w.baseAddress!, Int32(inputs), x, 1, 0, y, 1)
+                } else {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(outputs), Int32(inputs),
+                                1, x, Int32(inputs), w.baseAddress!, Int32(inputs), 0, y, Int32(outputs))
+                }
+            }
+        }
     }
 }
 
@@ -113,14 +202,10 @@ extension Tensor {
     /// `x Wᵀ` over the last axis: `self` is `[..., K]`, the result `[..., N]`.
     public func linear(_ weight: LinearWeight) -> Tensor {
         precondition(weight.inputs == lastDim, "[linear] input \(shape) against weight [\(weight.outputs), \(weight.inputs)]")
-        let m = rows, n = weight.outputs, k = lastDim
-        var out = [Float](repeating: 0, count: m * n)
-        data.withUnsafeBufferPointer { x in
-            weight.transposed.withUnsafeBufferPointer { w in
-                out.withUnsafeMutableBufferPointer { y in
-                    MatrixProduct.times(x.baseAddress!, w.baseAddress!, into: y.baseAddress!, m: m, n: n, k: k)
-                }
-            }
+        let m = rows, n = weight.outputs
+        let out = [Float](unsafeUninitializedCapacity: m * n) { y, initialized in
+            data.withUnsafeBufferPointer { x in weight.apply(x.baseAddress!, rows: m, into: y.baseAddress!) }
+            initialized = m * n
         }
         return Tensor(shape: Array(shape.dropLast()) + [n], data: out)
     }

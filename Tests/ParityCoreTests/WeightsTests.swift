@@ -71,7 +71,8 @@ func completeWeights(_ c: TextConfig) -> [String: Tensor] {
 
 /// The bytes of a packed projection's value: for a reference-backed value (an array buffer) two
 /// values hold the same packed copy iff these are equal.
-func storageBytes(_ w: LinearWeight) -> [UInt8] { withUnsafeBytes(of: w) { Array($0) } }
+/// Which buffer holds the packed elements (the struct's own bytes include padding).
+func storageBytes(_ w: LinearWeight) -> UInt { w.storageAddress }
 
 @Suite struct SharedPackingTests {
     let config = try! resolve(tinyConfigJSON)
@@ -129,7 +130,7 @@ func storageBytes(_ w: LinearWeight) -> [UInt8] { withUnsafeBytes(of: w) { Array
 
 final class ConcurrentResults: @unchecked Sendable {
     private let lock = NSLock()
-    private var seen: [String: Set<[UInt8]>] = [:]
-    func add(_ name: String, _ bytes: [UInt8]) { lock.lock(); seen[name, default: []].insert(bytes); lock.unlock() }
+    private var seen: [String: Set<UInt>] = [:]
+    func add(_ name: String, _ bytes: UInt) { lock.lock(); seen[name, default: []].insert(bytes); lock.unlock() }
     var distinctPerName: [String: Int] { lock.lock(); defer { lock.unlock() }; return seen.mapValues(\.count) }
 }

@@ -195,7 +195,8 @@ let imagePrompt = [3, 9, VS, I, I, I, I, VE, 12, 30, 7]
 }
 
 /// The bytes of a packed projection's value: two values hold the same packed copy iff equal.
-func storageBytes(_ w: LinearWeight) -> [UInt8] { withUnsafeBytes(of: w) { Array($0) } }
+/// Which buffer holds the packed elements (the struct's own bytes include padding).
+func storageBytes(_ w: LinearWeight) -> UInt { w.storageAddress }
 
 @Suite struct SharedWeightTests {
     /// Both routes hold one packed copy of every projection: building the vlm route packs nothing new.

@@ -1,0 +1,138 @@
+import Foundation
+import ParityTensor
+
+// The engines `qwen-parity bench` runs, each in a process of its own (so peak RSS is its own):
+// the Swift mirror through `qwen-parity bench-engine`, the Python peers through tools/bench.py.
+
+public enum EngineKind: String, CaseIterable, Sendable {
+    /// The lm mirror with the default in-order kernel: bit-exact against mlx-lm.
+    case swiftLM = "swift-lm"
+    /// The lm mirror with OpenBLAS sgemm (QWEN_PARITY_GEMM=openblas): fast, not row-invariant.
+    case swiftLMOpenBLAS = "swift-lm-openblas"
+    /// mlx-lm on the MLX CPU backend as the wheel installs it (its bundled reference BLAS).
+    case mlx
+    /// mlx-lm with Debian's OpenBLAS preloaded in place of the wheel's reference BLAS.
+    case mlxOpenBLAS = "mlx-openblas"
+    /// transformers' Qwen 3.5 on torch CPU.
+    case torch
+
+    public var isSwift: Bool { self == .swiftLM || self == .swiftLMOpenBLAS }
+    public var usesOpenBLASCore: Bool { self == .swiftLMOpenBLAS || self == .mlxOpenBLAS }
+
+    /// The default line-up: the exact Swift path against every peer, then the fast mode.
+    public static let defaults: [EngineKind] = [.swiftLM, .swiftLMOpenBLAS, .mlx, .mlxOpenBLAS, .torch]
+}
+
+public struct BenchOptions: Sendable {
+    public var dataPath = "bench-data/qwen3.5-0.8b.h5"
+    public var plan = MeasurementPlan()
+    public var engines = EngineKind.defaults
+    public var python = "tools/.venv/bin/python"
+    public var script = "tools/bench.py"
+    /// Threads for every engine (the Swift kernel, OpenBLAS, torch).
+    public var threads = ProcessInfo.processInfo.activeProcessorCount
+    /// OPENBLAS_CORETYPE for the OpenBLAS engines' processes only; nil keeps the library's choice.
+    public var openBLASCore: String? = "SkylakeX"
+    /// Where Debian's OpenBLAS lives, for preloading into mlx.
+    public var openBLASLibrary = "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"
+    public init() {}
+}
+
+public enum SwiftEngine {
+    /// Runs inside `qwen-parity bench-engine`: loads the mirror and times it in this process.
+    public static func run(_ kind: EngineKind, options: BenchOptions, log: (String) -> Void) throws -> EngineResult {
+        let wanted: MatrixProduct.Backend = kind == .swiftLMOpenBLAS ? .openblas : .sequential
+        guard MatrixProduct.backend == wanted else {
+            throw BenchError.engine("\(kind.rawValue) needs QWEN_PARITY_GEMM=\(wanted.rawValue); this process runs \(MatrixProduct.backend.rawValue)")
+        }
+        let data = try BenchData(path: options.dataPath)
+        var model: BenchModel?
+        let load = try Measurement.seconds { model = try data.lmModel() }
+        let gemm = wanted == .sequential
+            ? "in-order kernel (\(MatrixProduct.kernelName), \(MatrixProduct.threads) threads)"
+            : "OpenBLAS sgemm (\(MatrixProduct.openBLASCore), \(MatrixProduct.openBLASThreads) threads)"
+        var result = EngineResult(engine: kind.rawValue, description: "Swift lm mirror, \(gemm)")
+        log(String(format: "%@: %@; loaded in %.1f s", kind.rawValue, result.description!, load))
+        let measured = try Measurement.run(model!, prompt: data.prompt, plan: options.plan, name: kind.rawValue, log: log)
+        result.prefill = measured.prefill
+        result.decode = measured.decode
+        result.loadSeconds = load
+        result.weightsBytes = data.weightBytes
+        result.peakRSSBytes = Measurement.peakRSSBytes()
+        if wanted == .openblas {
+            result.blas = BLASInfo(openblasCore: MatrixProduct.openBLASCore, openblasThreads: MatrixProduct.openBLASThreads)
+        }
+        let keys = ["QWEN_PARITY_GEMM", "QWEN_PARITY_THREADS", "QWEN_PARITY_KERNEL", "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS"]
+        result.env = ProcessInfo.processInfo.environment.filter { keys.contains($0.key) }
+        return result
+    }
+}
+
+public enum BenchRunner {
+    /// Runs every engine of `options` in its own process, in order, and collects their reports.
+    public static func run(_ options: BenchOptions, executable: String, log: (String) -> Void) -> [EngineResult] {
+        options.engines.map { kind in
+            log("== \(kind.rawValue)")
+            do {
+                return try runChild(kind, options: options, executable: executable)
+            } catch {
+                log("\(kind.rawValue): \(error)")
+                return EngineResult(engine: kind.rawValue, skipped: "\(error)")
+            }
+        }
+    }
+
+    static func childEnvironment(_ kind: EngineKind, _ options: BenchOptions) -> [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        for key in ["QWEN_PARITY_GEMM", "LD_PRELOAD"] { env.removeValue(forKey: key) }
+        let threads = String(options.threads)
+        env["QWEN_PARITY_THREADS"] = threads
+        env["OPENBLAS_NUM_THREADS"] = threads
+        env["OMP_NUM_THREADS"] = threads
+        if kind.usesOpenBLASCore, let core = options.openBLASCore { env["OPENBLAS_CORETYPE"] = core }
+        switch kind {
+        case .swiftLMOpenBLAS: env["QWEN_PARITY_GEMM"] = "openblas"
+        case .mlxOpenBLAS: env["LD_PRELOAD"] = options.openBLASLibrary
+        default: break
+        }
+        return env
+    }
+
+    static func runChild(_ kind: EngineKind, options: BenchOptions, executable: String) throws -> EngineResult {
+        let plan = options.plan
+        let common = ["--data", options.dataPath, "--lengths", plan.lengths.map(String.init).joined(separator: ","),
+                      "--decode-steps", String(plan.decodeSteps), "--decode-context", String(plan.decodeContext),
+                      "--repeats", String(plan.repeats)]
+        let process = Process()
+        if kind.isSwift {
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = ["bench-engine", kind.rawValue] + common
+        } else {
+            guard FileManager.default.isExecutableFile(atPath: options.python) else {
+                return EngineResult(engine: kind.rawValue, skipped: "no Python at \(options.python): run 'make venv'")
+            }
+            if kind == .mlxOpenBLAS && !FileManager.default.fileExists(atPath: options.openBLASLibrary) {
+                return EngineResult(engine: kind.rawValue, skipped: "no OpenBLAS at \(options.openBLASLibrary) to preload")
+            }
+            process.executableURL = URL(fileURLWithPath: options.python)
+            let engine = kind == .torch ? "torch" : "mlx"
+            process.arguments = [options.script, "run", "--engine", engine, "--threads", String(options.threads)] + common
+        }
+        process.environment = childEnvironment(kind, options)
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let bytes = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard process.terminationStatus == 0 else {
+            throw BenchError.engine("\(kind.rawValue) exited with status \(process.terminationStatus)")
+        }
+        guard let line = text.split(separator: "\n").last(where: { $0.hasPrefix("{") }) else {
+            throw BenchError.engine("\(kind.rawValue) printed no result")
+        }
+        var result = try JSONDecoder().decode(EngineResult.self, from: Data(line.utf8))
+        result.engine = kind.rawValue
+        return result
+    }
+}

@@ -1,0 +1,55 @@
+import Foundation
+import ParityTensor
+
+// `qwen-parity bench-kernel`: the matrix product alone at the 0.8B model's shapes, so a kernel
+// change can be measured without the rest of the forward pass. GFLOP/s for prefill shapes,
+// GB/s of weight streamed for decode (M = 1) shapes.
+
+public enum KernelBench {
+    public struct Shape: Sendable {
+        public var m: Int, n: Int, k: Int, name: String
+        public init(m: Int, n: Int, k: Int, name: String) { (self.m, self.n, self.k, self.name) = (m, n, k, name) }
+    }
+
+    public static let shapes: [Shape] = [
+        Shape(m: 128, n: 3584, k: 1024, name: "mlp up, 128 tokens"),
+        Shape(m: 512, n: 1024, k: 3584, name: "mlp down, 512 tokens"),
+        Shape(m: 1, n: 6144, k: 1024, name: "gdn qkv, decode"),
+        Shape(m: 1, n: 248_320, k: 1024, name: "lm head, decode"),
+    ]
+
+    /// Deterministic values in [-1, 1) (a linear congruential sequence: cheap for 254M values).
+    static func values(_ count: Int, seed: UInt64) -> [Float] {
+        var state = seed &* 0x9E37_79B9_7F4A_7C15
+        return (0..<count).map { _ in
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Float(Int32(truncatingIfNeeded: state >> 32)) / 2_147_483_648
+        }
+    }
+
+    /// One line per shape: median over `repeats` timed runs of at least `seconds` each.
+    public static func run(backend: MatrixProduct.Backend, repeats: Int = 3, seconds: Double = 0.5) -> [String] {
+        shapes.map { s in
+            let x = Tensor(shape: [s.m, s.k], data: values(s.m * s.k, seed: 1))
+            let w = LinearWeight(Tensor(shape: [s.n, s.k], data: values(s.n * s.k, seed: 2)), backend: backend)
+            _ = x.linear(w)
+            var perCall: [Double] = []
+            for _ in 0..<repeats {
+                var calls = 0
+                let start = DispatchTime.now().uptimeNanoseconds
+                var elapsed = 0.0
+                while elapsed < seconds {
+                    _ = x.linear(w)
+                    calls += 1
+                    elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                }
+                perCall.append(elapsed / Double(calls))
+            }
+            let t = Summary(perCall).median
+            let flops = 2 * Double(s.m * s.n * s.k) / t / 1e9
+            let bytes = 4 * Double(s.n * s.k) / t / 1e9
+            return String(format: "%-22@ M=%-4d N=%-6d K=%-5d %7.1f GFLOP/s %7.1f GB/s of weights",
+                          s.name as NSString, s.m, s.n, s.k, flops, bytes)
+        }
+    }
+}

@@ -1,0 +1,160 @@
+import ArgumentParser
+import Foundation
+import ParityBench
+import ParityTensor
+
+/// Options every bench command shares: what to measure.
+struct BenchPlanOptions: ParsableArguments {
+    @Option(help: "Benchmark data (tools/bench.py weights writes it; make bench does so when missing).")
+    var data = "bench-data/qwen3.5-0.8b.h5"
+
+    @Option(help: "Prefill lengths, comma-separated.")
+    var lengths = "16,128,512"
+
+    @Option(help: "Greedy decode steps per repeat.")
+    var decodeSteps = 32
+
+    @Option(help: "Prompt tokens prefilled before the decode steps.")
+    var decodeContext = 16
+
+    @Option(help: "Repeats of every measurement (the table shows median and min–max).")
+    var repeats = 3
+
+    func plan() throws -> MeasurementPlan {
+        var plan = MeasurementPlan()
+        let lengths = self.lengths.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !lengths.isEmpty, lengths.allSatisfy({ $0 > 0 }) else { throw ValidationError("--lengths: positive integers, comma-separated") }
+        guard repeats > 0, decodeSteps > 0, decodeContext > 0 else { throw ValidationError("--repeats, --decode-steps and --decode-context must be positive") }
+        plan.lengths = lengths
+        plan.decodeSteps = decodeSteps
+        plan.decodeContext = decodeContext
+        plan.repeats = repeats
+        return plan
+    }
+}
+
+/// `qwen-parity bench`: every engine on the same weights, side by side, in one run.
+public struct Bench: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        abstract: "Time the Swift mirror against mlx-lm and torch on the Qwen3.5-0.8B shape, side by side.",
+        discussion: """
+        Every engine runs in its own process on the same random weights: \(EngineKind.allCases.map(\.rawValue).joined(separator: ", ")).
+        Prefill: one forward over L prompt tokens from an empty cache, logits for the last token.
+        Decode: greedy single-token calls after a short prefill. The table shows tokens/s as
+        median (min–max) over the repeats, peak RSS of each process, two roofline rows, and
+        Swift/peer ratios of the medians. Only the OpenBLAS engines get OPENBLAS_CORETYPE.
+        """)
+
+    @OptionGroup var plan: BenchPlanOptions
+
+    @Option(help: "Engines to run, comma-separated (default: all).")
+    var engines = EngineKind.defaults.map(\.rawValue).joined(separator: ",")
+
+    @Option(help: "Python with mlx-lm (and torch, if installed).")
+    var python = "tools/.venv/bin/python"
+
+    @Option(help: "Threads for every engine.")
+    var threads = ProcessInfo.processInfo.activeProcessorCount
+
+    @Option(help: "OPENBLAS_CORETYPE for the OpenBLAS engines ('' keeps the library's own choice).")
+    var openblasCore = "SkylakeX"
+
+    @Option(help: "Memory bandwidth for the roofline, GB/s.")
+    var bandwidthGBs = 28.8
+
+    @Option(help: "Peak FMA throughput for the roofline, GFLOP/s (default: cores × clock × 64).")
+    var peakGflops: Double?
+
+    @Option(help: "Also write the results as JSON here.")
+    var json: String?
+
+    public init() {}
+
+    public func run() throws {
+        var options = BenchOptions()
+        options.dataPath = plan.data
+        options.plan = try plan.plan()
+        options.python = python
+        options.threads = threads
+        options.openBLASCore = openblasCore.isEmpty ? nil : openblasCore
+        options.engines = try engines.split(separator: ",").map { name in
+            guard let kind = EngineKind(rawValue: String(name)) else {
+                throw ValidationError("unknown engine '\(name)'; known: \(EngineKind.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return kind
+        }
+        let data = try BenchData(path: options.dataPath)
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let results = BenchRunner.run(options, executable: executable) { line in
+            FileHandle.standardError.write(Data((line + "\n").utf8))
+        }
+        let cores = Double(ProcessInfo.processInfo.activeProcessorCount)
+        let peak = (peakGflops.map { $0 * 1e9 }) ?? cores * (Roofline.nominalClock() ?? 2.3e9) * 64
+        let rooflines = [
+            Roofline(peakFLOPs: peak, bandwidth: bandwidthGBs * 1e9, label: "roofline (FMA peak)"),
+            Roofline(peakFLOPs: peak / 2, bandwidth: bandwidthGBs * 1e9, label: "roofline without FMA"),
+        ]
+        print(String(format: "Qwen3.5-0.8B text shape, float32, random weights (%@, %.2f GB), %d repeats; tokens/s as median (min–max)",
+                     options.dataPath, Double(data.weightBytes) / 1e9, options.plan.repeats))
+        print(BenchReport.render(results, plan: options.plan, config: data.config, weightBytes: data.weightBytes, rooflines: rooflines))
+        if let json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(results).write(to: URL(fileURLWithPath: json))
+        }
+    }
+}
+
+/// `qwen-parity bench-engine`: one Swift engine, timed in this process (run by `bench`).
+public struct BenchEngine: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "bench-engine",
+        abstract: "Time one Swift engine in this process and print its result as a JSON line (used by 'bench').",
+        shouldDisplay: false)
+
+    @Argument(help: "swift-lm or swift-lm-openblas.")
+    var engine: String
+
+    @OptionGroup var plan: BenchPlanOptions
+
+    public init() {}
+
+    public func run() throws {
+        guard let kind = EngineKind(rawValue: engine), kind.isSwift else {
+            throw ValidationError("bench-engine runs swift-lm or swift-lm-openblas, not '\(engine)'")
+        }
+        var options = BenchOptions()
+        options.dataPath = plan.data
+        options.plan = try plan.plan()
+        let result = try SwiftEngine.run(kind, options: options) { line in
+            FileHandle.standardError.write(Data(("bench: " + line + "\n").utf8))
+        }
+        let line = try JSONEncoder().encode(result)
+        print(String(decoding: line, as: UTF8.self))
+    }
+}
+
+/// `qwen-parity bench-kernel`: the matrix product alone at the 0.8B shapes.
+public struct BenchKernel: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "bench-kernel",
+        abstract: "Time the matrix product alone at the Qwen3.5-0.8B shapes (GFLOP/s, and GB/s of weights at M = 1).")
+
+    @Option(help: "in-order (the exact default) or openblas.")
+    var backend = "in-order"
+
+    @Option(help: "Kernel instruction set for in-order: avx512f, avx2 or generic (default: the CPU's best).")
+    var kernel: String?
+
+    public init() {}
+
+    public func run() throws {
+        let chosen: MatrixProduct.Backend = backend == "openblas" ? .openblas : .sequential
+        if let kernel, !MatrixProduct.selectKernel(kernel) { throw ValidationError("this CPU cannot run the \(kernel) kernel") }
+        let what = chosen == .sequential
+            ? "in-order kernel \(MatrixProduct.kernelName), \(MatrixProduct.threads) threads"
+            : "OpenBLAS sgemm, core \(MatrixProduct.openBLASCore), \(MatrixProduct.openBLASThreads) threads"
+        print(what)
+        for line in KernelBench.run(backend: chosen) { print("  " + line) }
+    }
+}

@@ -1,0 +1,96 @@
+#ifndef PARITY_KERNELS_H
+#define PARITY_KERNELS_H
+
+#include <stddef.h>
+
+// In-order float32 matrix product kernels (see ParityKernels.c).
+//
+// Every output element is 0 + a[i,0]·b[0,j] + a[i,1]·b[1,j] + … summed over k in order, one
+// rounded multiply and one rounded add per step, never fused: the arithmetic of the reference
+// BLAS that the mlx CPU wheel links. Vector lanes, register tiles and threads only decide which
+// elements are computed together, never the order of any element's sum, so every kernel variant,
+// every row count and every split across threads gives the same bits.
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Columns per packed panel of B, and rows per register tile of A.
+enum { PK_PANEL = 64, PK_TILE_ROWS = 6 };
+
+/// Floats that hold a packed B of N columns and K rows: ceil(N / 64) panels of K × 64.
+size_t pk_packed_b_count(int n, int k);
+
+/// Packs B into panels: panel p holds columns 64p … 64p+63 as `[K][64]`, zero-padded past N.
+/// `w` is either a weight `[N, K]` (`transposed` = 1: B = wᵀ) or a matrix `[K, N]`
+/// (`transposed` = 0: B = w), row-major with leading dimension `ld`.
+void pk_pack_b(const float *w, int n, int k, int ld, int transposed, float *packed);
+
+/// Floats that hold a packed A of M rows and K columns: ceil(M / 6) tiles of K × 6.
+size_t pk_packed_a_count(int m, int k);
+
+/// Packs A `[M, K]` (leading dimension `lda`) into row tiles `[K][6]`, zero-padded past M.
+void pk_pack_a(const float *a, int m, int k, int lda, float *packed);
+
+/// `c[M, N]` (leading dimension `ldc`) = A · B for packed A and B, panels
+/// [first_panel, first_panel + panel_count) of B only (the columns one thread owns).
+void pk_gemm(const float *packed_a, const float *packed_b, float *c, int ldc,
+             int m, int n, int k, int first_panel, int panel_count);
+
+/// The instruction set the kernel runs with: "avx512f", "avx2" or "generic". Chosen once from
+/// the CPU, or by QWEN_PARITY_KERNEL when that names one the CPU has.
+const char *pk_kernel_name(void);
+
+/// Selects a kernel by name (tests and measurements); returns 0 when the CPU lacks it.
+int pk_select_kernel(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
+
+#ifndef PARITY_KERNELS_GDN_H
+#define PARITY_KERNELS_GDN_H
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// The sequential gated delta rule of mlx-lm's ops path (gated_delta.py) over `steps` tokens of
+/// one batch row and one value head, in the reference's arithmetic order:
+///   s = state·g;  kv = Σ_j s·k (in order);  δ = (v − kv)·β;  s = s + k·δ;  y = Σ_j s·q (in order).
+/// `state_t` is the recurrent state transposed, `[dk][dv]`, so every step is elementwise across
+/// dv. Token t reads q/k at `t · qk_stride`, v and writes y at `t · vy_stride`, g and β at
+/// `t · gb_stride`. When `keep` is given and keep[t] == 0 the step still writes y but leaves the
+/// state as it was. `scratch` holds 3·dv floats, plus dk·dv when `keep` is given.
+void pk_gated_delta(float *state_t, int dk, int dv, int steps,
+                    const float *q, const float *k, size_t qk_stride,
+                    const float *v, float *y, size_t vy_stride,
+                    const float *g, const float *beta, size_t gb_stride,
+                    const unsigned char *keep, float *scratch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
+
+#ifndef PARITY_KERNELS_ELEMENTWISE_H
+#define PARITY_KERNELS_ELEMENTWISE_H
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// `out[i] = silu(a[i]) · b[i]` with mlx's CPU exp (the Cephes polynomial with FMAs that
+/// MLXMath.exp mirrors): silu(x) = x · σ(x), σ(x) = 1/(1 + e^|x|), mirrored for x ≥ 0.
+/// Bit-identical to MLXMath / Activation.silu; `out` may alias `a` or `b`.
+void pk_silu_mul(const float *a, const float *b, float *out, size_t n);
+
+/// The depthwise causal convolution of the GatedDeltaNet with silu:
+/// out[t, c] = silu(Σ_j in[t + j, c] · w_t[j, c]) for t < steps, summed over j in order.
+/// `in` is `[steps + kernel − 1, channels]`, `w_t` the weight transposed to `[kernel, channels]`.
+void pk_conv_silu(const float *in, const float *w_t, float *out, int steps, int channels, int kernel);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

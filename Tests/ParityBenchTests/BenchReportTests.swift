@@ -1,0 +1,53 @@
+import Foundation
+import ParityCore
+import Testing
+@testable import ParityBench
+
+@Suite struct BenchReportTests {
+    static let config: TextConfig = {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("tools/bench/qwen3.5-0.8b-text.json")
+        return try! TextConfig.mlxLM(json: Data(contentsOf: url), source: url.path)
+    }()
+
+    @Test func summaryIsMedianWithRange() {
+        let s = Summary([3, 1, 2])
+        #expect(s.median == 2 && s.min == 1 && s.max == 3)
+        #expect(Summary([1, 2, 3, 10]).median == 2.5)
+    }
+
+    /// 0.8B shape: ~0.99 GFLOP per token in the layers, 0.51 GFLOP for the last token's lm head.
+    @Test func prefillFLOPsOfTheSmallModel() {
+        let one = Roofline.prefillFLOPs(Self.config, tokens: 1)
+        #expect(one > 1.45e9 && one < 1.55e9, "\(one)")
+        let perToken = (Roofline.prefillFLOPs(Self.config, tokens: 129) - one) / 128
+        #expect(perToken > 0.95e9 && perToken < 1.05e9, "\(perToken)")
+    }
+
+    @Test func decodeRooflineIsBandwidthBound() {
+        let roof = Roofline(peakFLOPs: 294e9, bandwidth: 28.8e9, label: "r")
+        #expect(abs(roof.decode(Self.config, weightBytes: 3_009_572_096) - 28.8 / 3.009572096) < 1e-9)
+    }
+
+    @Test func tableHasEveryEngineRatiosAndReasons() {
+        var plan = MeasurementPlan()
+        plan.lengths = [16, 128]
+        var swift = EngineResult(engine: "swift-lm", description: "Swift lm mirror")
+        swift.prefill = ["16": [20, 22, 21], "128": [100, 90, 95]]
+        swift.decode = [6, 7, 6.5]
+        swift.peakRSSBytes = 3_300_000_000
+        var mlx = EngineResult(engine: "mlx", description: "mlx-lm")
+        mlx.prefill = ["16": [2, 2, 2], "128": [2.5, 2.5, 2.5]]
+        mlx.decode = [1.5, 1.5, 1.5]
+        mlx.peakRSSBytes = 3_900_000_000
+        let torch = EngineResult(engine: "torch", skipped: "not installed")
+        let text = BenchReport.render([swift, mlx, torch], plan: plan, config: Self.config, weightBytes: 3_000_000_000,
+                                      rooflines: [Roofline(peakFLOPs: 294e9, bandwidth: 28.8e9, label: "roofline")])
+        #expect(text.contains("21.0 (20.0–22.0)"))
+        #expect(text.contains("skipped: not installed"))
+        #expect(text.contains("swift-lm / mlx"))
+        #expect(text.contains("10.50×"))     // prefill 16: 21 / 2
+        #expect(text.contains("38.00×"))     // prefill 128: 95 / 2.5
+        #expect(text.contains("1.10×"))      // RSS / weights of swift-lm
+    }
+}
