@@ -48,10 +48,12 @@ let package = Package(
         .testTarget(name: "ParityTensorTests", dependencies: ["ParityTensor"]),
         .testTarget(name: "GoldenIOTests", dependencies: ["GoldenIO"]),
         .testTarget(name: "ParityCoreTests", dependencies: ["ParityCore"]),
-        .testTarget(name: "LMMirrorTests", dependencies: ["LMMirror", "ParityCore"]),
-        .testTarget(name: "VLMMirrorTests", dependencies: ["VLMMirror", "ParityCore", "ParityTensor"]),
-        .testTarget(name: "UnifiedModelTests", dependencies: ["UnifiedModel", "LMMirror", "VLMMirror", "ParityCore", "ParityTensor"]),
-        .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO", "Checkpoint", "UnifiedModel"]),
+        // Helpers the test targets share (deterministic random tensors and tiny models).
+        .target(name: "TestSupport", dependencies: ["ParityCore", "ParityTensor"], path: "Tests/TestSupport"),
+        .testTarget(name: "LMMirrorTests", dependencies: ["LMMirror", "ParityCore", "TestSupport"]),
+        .testTarget(name: "VLMMirrorTests", dependencies: ["VLMMirror", "ParityCore", "ParityTensor", "TestSupport"]),
+        .testTarget(name: "UnifiedModelTests", dependencies: ["UnifiedModel", "LMMirror", "VLMMirror", "ParityCore", "ParityTensor", "TestSupport"]),
+        .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO", "Checkpoint", "UnifiedModel", "TestSupport"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "ParityCore", "ParityTensor"]),
         // Bad inputs through the built CLI, and kill tests; they spawn products `swift test` builds.
         .testTarget(name: "ReliabilityTests", dependencies: ["GoldenIO", "ParityEngine"]),

@@ -1,3 +1,4 @@
+import TestSupport
 import Checkpoint
 import Foundation
 import GoldenIO

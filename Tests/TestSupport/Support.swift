@@ -1,10 +1,13 @@
+// Shared by the test targets: a deterministic generator, random tensors, a tiny config and
+// well-scaled random weights for it.
 import Foundation
 import ParityCore
 import ParityTensor
 
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
+public struct SplitMix64: RandomNumberGenerator {
+    public var state: UInt64
+    public init(state: UInt64) { self.state = state }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -13,12 +16,12 @@ struct SplitMix64: RandomNumberGenerator {
     }
 }
 
-func randomTensor(_ shape: [Int], seed: UInt64, range: ClosedRange<Float> = -1...1) -> Tensor {
+public func randomTensor(_ shape: [Int], seed: UInt64, range: ClosedRange<Float> = -1...1) -> Tensor {
     var rng = SplitMix64(state: seed)
     return Tensor(shape: shape, data: (0..<shape.reduce(1, *)).map { _ in Float.random(in: range, using: &rng) })
 }
 
-func tinyConfig(_ edit: (inout [String: Any]) -> Void = { _ in }) throws -> TextConfig {
+public func tinyConfig(_ edit: (inout [String: Any]) -> Void = { _ in }) throws -> TextConfig {
     var object: [String: Any] = [
         "model_type": "qwen3_5", "hidden_size": 32, "num_hidden_layers": 4, "intermediate_size": 48,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 50,
@@ -31,7 +34,7 @@ func tinyConfig(_ edit: (inout [String: Any]) -> Void = { _ in }) throws -> Text
 }
 
 /// Random but well-scaled weights for every expected tensor (norm weights near 1).
-func randomWeights(_ c: TextConfig, seed: UInt64 = 7) throws -> Weights {
+public func randomWeights(_ c: TextConfig, seed: UInt64 = 7) throws -> Weights {
     var tensors: [String: Tensor] = [:]
     for (i, (name, shape)) in WeightNames.expected(for: c).enumerated() {
         let s = seed &+ UInt64(i) &* 7919
