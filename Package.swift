@@ -45,7 +45,7 @@ let package = Package(
         ]),
         .executableTarget(name: "qwen-parity", dependencies: ["ParityCLI"]),
 
-        .testTarget(name: "ParityTensorTests", dependencies: ["ParityTensor"]),
+        .testTarget(name: "ParityTensorTests", dependencies: ["ParityTensor", "TestSupport"]),
         .testTarget(name: "GoldenIOTests", dependencies: ["GoldenIO"]),
         .testTarget(name: "ParityCoreTests", dependencies: ["ParityCore"]),
         // Helpers the test targets share (deterministic random tensors and tiny models).
@@ -54,7 +54,7 @@ let package = Package(
         .testTarget(name: "VLMMirrorTests", dependencies: ["VLMMirror", "ParityCore", "ParityTensor", "TestSupport"]),
         .testTarget(name: "UnifiedModelTests", dependencies: ["UnifiedModel", "LMMirror", "VLMMirror", "ParityCore", "ParityTensor", "TestSupport"]),
         .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO", "Checkpoint", "UnifiedModel", "TestSupport"]),
-        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "ParityCore", "ParityTensor"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "ParityCore", "ParityTensor", "TestSupport"]),
         // Bad inputs through the built CLI, and kill tests; they spawn products `swift test` builds.
         .testTarget(name: "ReliabilityTests", dependencies: ["GoldenIO", "ParityEngine"]),
         // Test-only: one AtomicFile.write, for the kill test to SIGKILL part-way.

@@ -46,31 +46,27 @@ public enum MatrixProduct {
     public static func times(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                              into c: UnsafeMutablePointer<Float>, m: Int, n: Int, k: Int,
                              backend: Backend = backend) {
-        guard m > 0, n > 0 else { return }
-        guard k > 0 else { c.update(repeating: 0, count: m * n); return }
-        switch backend {
-        case .openblas:
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k),
-                        1, a, Int32(k), b, Int32(n), 0, c, Int32(n))
-        case .sequential:
-            let panels = PackedPanels(b, n: n, k: k, transposed: false)
-            panels.product(a, m: m, into: c)
-        }
+        product(a, b, into: c, m: m, n: n, k: k, transposedB: false, backend: backend)
     }
 
     /// `c[M, N] = a[M, K] · b[N, K]ᵀ`.
     public static func timesTransposed(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                                        into c: UnsafeMutablePointer<Float>, m: Int, n: Int, k: Int,
                                        backend: Backend = backend) {
+        product(a, b, into: c, m: m, n: n, k: k, transposedB: true, backend: backend)
+    }
+
+    private static func product(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                                into c: UnsafeMutablePointer<Float>, m: Int, n: Int, k: Int,
+                                transposedB: Bool, backend: Backend) {
         guard m > 0, n > 0 else { return }
         guard k > 0 else { c.update(repeating: 0, count: m * n); return }
         switch backend {
         case .openblas:
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
-                        1, a, Int32(k), b, Int32(k), 0, c, Int32(n))
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, transposedB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                        1, a, Int32(k), b, Int32(transposedB ? k : n), 0, c, Int32(n))
         case .sequential:
-            let panels = PackedPanels(b, n: n, k: k, transposed: true)
-            panels.product(a, m: m, into: c)
+            PackedPanels(b, n: n, k: k, transposed: transposedB).product(a, m: m, into: c)
         }
     }
 }

@@ -1,23 +1,7 @@
 import Foundation
 import Testing
 @testable import ParityTensor
-
-/// A small deterministic generator so every run sees the same inputs.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-func randomTensor(_ shape: [Int], seed: UInt64) -> Tensor {
-    var rng = SplitMix64(state: seed)
-    return Tensor(shape: shape, data: (0..<shape.reduce(1, *)).map { _ in Float.random(in: -2...2, using: &rng) })
-}
+import TestSupport
 
 func maxAbsDifference(_ a: [Float], _ b: [Double]) -> Double {
     zip(a, b).map { abs(Double($0) - $1) }.max() ?? 0
