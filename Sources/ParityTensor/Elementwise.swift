@@ -54,6 +54,31 @@ extension Tensor {
         return Tensor(shape: shape, data: out)
     }
 
+    /// LayerNorm over the last axis as mlx 0.32's `mx.fast.layer_norm` evaluates it on the CPU
+    /// (its composed fallback): `μ = Σx·(1/d)`, `c = x − μ`, `v = Σc²·(1/d)`,
+    /// `((c · 1/sqrt(v + eps)) · w) + b`, sums in order.
+    public func layerNorm(weight: Tensor, bias: Tensor, eps: Float) -> Tensor {
+        let d = lastDim
+        precondition(weight.shape == [d] && bias.shape == [d], "[layerNorm] weight \(weight.shape), bias \(bias.shape) for \(shape)")
+        var out = data
+        let reciprocal = Float(1 / Double(d))
+        for r in 0..<rows {
+            let base = r * d
+            var sum: Float = 0
+            for j in 0..<d { sum += data[base + j] }
+            let mean = sum * reciprocal
+            var squares: Float = 0
+            for j in 0..<d {
+                let c = data[base + j] - mean
+                out[base + j] = c
+                squares += c * c
+            }
+            let inv = 1 / (squares * reciprocal + eps).squareRoot()
+            for j in 0..<d { out[base + j] = ((out[base + j] * inv) * weight.data[j]) + bias.data[j] }
+        }
+        return Tensor(shape: shape, data: out)
+    }
+
     /// Softmax over the last axis as mlx's precise softmax: `e^(x − max) · (1 / Σ)`.
     public func softmax() -> Tensor {
         let d = lastDim

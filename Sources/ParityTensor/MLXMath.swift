@@ -84,4 +84,34 @@ public enum MLXMath {
         let cosValue = swapPolynomials ? s : c
         return (negateSin ? -sinValue : sinValue, negateCos ? cosValue : -cosValue)
     }
+
+    /// mlx's `erf`: the Abramowitz–Stegun 7.1.26 form PyTorch vectorises, with mlx's own exp,
+    /// `t = 1/(1 + 0.3275911|x|)` and the polynomial in fused multiply-adds.
+    public static func erf(_ x: Float) -> Float {
+        let t = 1 / Float(1).addingProduct(0.3275911, abs(x))
+        var r = Float(-1.453152027).addingProduct(1.061405429, t)
+        r = Float(1.421413741).addingProduct(r, t)
+        r = Float(-0.284496736).addingProduct(r, t)
+        r = Float(0.254829592).addingProduct(r, t)
+        let e = -exp(-x * x)
+        let result = Float(1).addingProduct(e * t, r)
+        return x > 0 ? result : -result
+    }
+
+    // Python floats become float32 scalars by rounding the double, not the decimal text.
+    private static let sqrtTwo = Float(Double(2).squareRoot())
+    private static let sqrtTwoOverPi = Float((2 / Double.pi).squareRoot())
+    private static let cubicCoefficient = Float(Double(0.044715))
+
+    /// `mlx.nn.gelu`: `x · (1 + erf(x / √2)) / 2`, in that order.
+    public static func gelu(_ x: Float) -> Float {
+        (x * (1 + erf(x / sqrtTwo))) / 2
+    }
+
+    /// `mlx.nn.gelu_approx` (GELU(approx="tanh")): `0.5·x · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    /// mlx takes `x**3` and tanh from libm (`powf`, `tanhf`), as this does.
+    public static func geluTanh(_ x: Float) -> Float {
+        let inner = x + cubicCoefficient * Foundation.pow(x, 3)
+        return (0.5 * x) * (1 + Foundation.tanh(sqrtTwoOverPi * inner))
+    }
 }
