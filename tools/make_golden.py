@@ -61,6 +61,7 @@ try:
                               save_config, save_model)
     from mlx_vlm.models import cache as vlm_cache
     import golden_probes  # tools/golden_probes.py: sub-step probes (docs/golden-format.md)
+    import golden_vision  # tools/golden_vision.py: image prompts through the vision tower
 except ImportError as exc:  # pragma: no cover - environment problem, not a code path
     sys.exit(f"make_golden: error: {exc}. Install the pinned packages: "
              f"pip install -r tools/requirements.txt")
@@ -577,9 +578,13 @@ VLM_LOGITS_PER_SCENARIO = 4  # vlm paths store the logits of at most the last 4 
 #   vectors  mrope_prefix_decode, mrope_full_decode (the upstream prefill/decode vector)
 #   sweeps   mrope_chunked_{boundary,later}_stepN (both upstream chunk cases, every step)
 #   hazards  the three stateful hazards of LanguageModel, each with its correct twin
-VLM_EXTRA_GROUPS = ("cache", "vectors", "sweeps", "hazards")
-VLM_EXTRAS_BY_VARIANT = {"tiny-dense": "cache,vectors,sweeps,hazards",
-                         "tiny-hv2-tied": "none", "tiny-moe": "none"}
+#   vision   image prompts from pixel values through mlx-vlm's whole model (golden_vision.py)
+VLM_EXTRA_GROUPS = ("cache", "vectors", "sweeps", "hazards", "vision")
+VLM_EXTRAS_BY_VARIANT = {"tiny-dense": "cache,vectors,sweeps,hazards,vision",
+                         "tiny-hv2-tied": "none", "tiny-moe": "vision"}
+# The image prompts each variant stores (golden_vision.PROMPTS; default all). The tower is the
+# same code under both text models, so MoE takes only the two-image prompt (size budget).
+VISION_PROMPTS_BY_VARIANT = {"tiny-moe": ("image_two",)}
 
 # Upstream test vectors (docs: upstream-change.md).
 UPSTREAM_PREFILL_DECODE = {"tokens": [0, 1, 2, 3],
@@ -827,6 +832,7 @@ class VlmScenario:
     # whose calls are ordinary ones the other scenarios check layer by layer.
     light_paths: tuple = ()
     last_logits_only: bool = False
+    vision_inputs: str | None = None  # image scenarios: their /inputs/vision/<prompt> group
 
     def logits_positions(self) -> np.ndarray:
         if self.last_logits_only:
@@ -1092,7 +1098,7 @@ def vlm_groups(args, variant: str) -> set[str] | None:
 
 
 def add_vlm_paths(config: dict, weights: dict, inputs: Inputs, vocab: int, groups: set[str],
-                  seed: int, results: list, store: dict) -> dict:
+                  seed: int, results: list, store: dict, variant: str) -> dict:
     """Run the same weights through mlx-vlm's LanguageModel: an mlx_vlm path on every text
     scenario of results, then the vlm-only scenarios of `groups` appended to results. Adds the
     inputs the schedules read to store; returns the /config attrs and the /rope_index cases."""
@@ -1132,9 +1138,56 @@ def add_vlm_paths(config: dict, weights: dict, inputs: Inputs, vocab: int, group
             note = f" hazard |library - correct| = {gap:.3f}"
         results.append((vs, paths))
         log(f"  {VLM_PATH:<10} {vs.name:<30} calls={len(vs.calls):<3}{note} ({time.monotonic() - t:.2f}s)")
-    return {"vlm_json": json.dumps(vlm_model_params(config)),
+    meta = {"vlm_json": json.dumps(vlm_model_params(config)),
             "vlm_effective_json": json.dumps(vlm_effective_config(lm, model_config)),
             "rope_cases": rope_index_cases(lm)}
+    if "vision" in groups:
+        prompts = VISION_PROMPTS_BY_VARIANT.get(variant, tuple(golden_vision.PROMPTS))
+        meta["vision"] = add_image_scenarios(config, weights, seed, results, store, prompts)
+    return meta
+
+
+def image_scenario(prompt) -> VlmScenario:
+    """An image prompt as mlx-vlm's generate runs it: the merged embeddings with the positions
+    and rope deltas get_input_embeddings returned, the prompt in generate-style calls (all but
+    the last token, then the last), then decode tokens by id with no kwargs."""
+    g, L = prompt.inputs_group, prompt.prompt_length
+    kw = dict(embeddings=g + "/input_embeddings", position_ids=g + "/position_ids",
+              rope_deltas=g + "/rope_deltas", image_grid_thw=g + "/image_grid_thw")
+    calls = generate_step_calls(L, L) + [1] * golden_vision.DECODE_STEPS
+    schedule, start = [], 0
+    for i, length in enumerate(calls):
+        extra = kw if start < L else {}
+        schedule.append(vlm_call(g + "/token_ids", start, length, cache="new" if i == 0 else "keep",
+                                 reset_state=i == 0, **extra))
+        start += length
+    return VlmScenario(
+        f"image_prompt_{prompt.name.removeprefix('image_')}",
+        f"end to end from pixel values ({prompt.about}): mlx-vlm's image processor, vision "
+        "tower and merge (get_input_embeddings), then the LanguageModel in generate-style "
+        f"calls {calls} with the returned position_ids and rope_deltas on the prompt calls "
+        "and none on the decodes",
+        calls, {VLM_PATH: schedule}, kind="image", group="vision",
+        vision_inputs=g)
+
+
+def add_image_scenarios(config: dict, weights: dict, seed: int, results: list, store: dict,
+                        prompts: tuple):
+    """The vision group: mlx-vlm's whole model on the image prompts of golden_vision.py."""
+    try:
+        cap = golden_vision.capture(config, weights, VISION_TOKEN_IDS, seed, TEXT_ID_LIMIT, prompts)
+    except golden_vision.VisionError as exc:
+        raise GoldenError(f"vision: {exc}") from exc
+    store.update(golden_vision.input_datasets(cap))
+    for prompt in cap.prompts:
+        t = time.monotonic()
+        vs = image_scenario(prompt)
+        result = run_vlm_schedule(cap.language_model, vs.paths[VLM_PATH], store, None)
+        check_finite(vs, result)
+        results.append((vs, {VLM_PATH: PathRun(result, vs.logits_positions(), vs.paths[VLM_PATH])}))
+        log(f"  {VLM_PATH:<10} {vs.name:<30} calls={len(vs.calls):<3} image grids "
+            f"{prompt.image_grid_thw.tolist()} ({time.monotonic() - t:.2f}s)")
+    return cap
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1202,6 +1255,8 @@ def write_scenario(root, sc, paths: dict[str, PathRun], shared: dict) -> None:
         g.attrs["prefill_step_size"] = sc.prefill_step_size
     if getattr(sc, "hazard", None) is not None:
         g.attrs["hazard"] = sc.hazard
+    if getattr(sc, "vision_inputs", None) is not None:
+        g.attrs["vision_inputs"] = sc.vision_inputs
     for name, run in paths.items():
         write_path(g, name, run, shared, light=name in getattr(sc, "light_paths", ()))
 
@@ -1235,6 +1290,7 @@ def write_golden(path: Path, meta: dict, weights: dict | None, store: dict, resu
         for sc, paths in results:
             write_scenario(f, sc, paths, shared)
         golden_probes.write(f, meta.get("probes"), shared, put)
+        golden_vision.write(f, meta.get("vision"), shared, put)
 
 
 def temp_sibling(out: Path) -> Path:
@@ -1324,7 +1380,7 @@ def golden_from_config(args, tmp: Path) -> None:
     meta = {"raw_json": raw_json, "effective_json": json.dumps(effective), "probes": probes}
     if groups is not None:
         meta |= add_vlm_paths(config, weights, inputs, effective["vocab_size"], groups, args.seed,
-                              results, store)
+                              results, store, variant)
     meta["root"] = root_attrs(args, variant, "float32", [sc.definition() for sc, _ in results]) \
         | {"weights_source": "random"}
     write_golden(tmp, meta, weights, store, results)

@@ -33,6 +33,9 @@ public struct GoldenScenario: Sendable {
         case single, batch
         /// Explicit LanguageModel calls, listed per path in its `schedule_json`.
         case mrope
+        /// An image prompt from pixel values: explicit calls whose embeddings, positions and
+        /// rope deltas the vision side computes first (`vision_inputs` names them).
+        case image
     }
     public var name: String
     public var kind: Kind
@@ -45,6 +48,8 @@ public struct GoldenScenario: Sendable {
     /// Hazard scenarios: what goes wrong in the library (the `mlx_vlm` path), with the same calls
     /// made correctly under `mlx_vlm_correct`.
     public var hazard: String? = nil
+    /// Image scenarios: the `/inputs/vision/<prompt>` group of their pixel values and ids.
+    public var visionInputs: String? = nil
 }
 
 public final class GoldenFile {
@@ -208,8 +213,12 @@ public final class GoldenFile {
         let cached = try file.intAttribute("cached", of: group) != 0
         let paths = try file.children(of: group).filter { file.isGroup(group + "/" + $0) }
         let hazard = file.hasAttribute("hazard", of: group) ? try file.stringAttribute("hazard", of: group) : nil
+        let vision = file.hasAttribute("vision_inputs", of: group) ? try file.stringAttribute("vision_inputs", of: group) : nil
+        if kind == .image && vision == nil {
+            throw GoldenError.invalid(file: path, path: group, reason: "an image scenario needs its vision_inputs attribute")
+        }
         return GoldenScenario(name: name, kind: kind, description: description, calls: calls, cached: cached,
-                              paths: paths, hazard: hazard)
+                              paths: paths, hazard: hazard, visionInputs: vision)
     }
 }
 
@@ -265,7 +274,8 @@ extension GoldenFile {
     }
 
     /// The explicit calls stored for one path (`schedule_json`), with every referenced input read.
-    public func schedule(_ scenario: GoldenScenario, path reference: String) throws -> [ScheduledCall]? {
+    public func schedule(_ scenario: GoldenScenario, path reference: String,
+                         substitutes: ScheduleSubstitutes = ScheduleSubstitutes()) throws -> [ScheduledCall]? {
         let group = "/scenarios/\(scenario.name)/\(reference)"
         guard file.hasAttribute("schedule_json", of: group) else { return nil }
         let text = try file.stringAttribute("schedule_json", of: group)
@@ -296,12 +306,12 @@ extension GoldenFile {
             }
             var call = VLMCall(inputs: try slice(ints2(tokens)))
             if let name = object["embeddings"] as? String {
-                let e = try tensor(name)
+                let e = try substitutes.tensors[name] ?? tensor(name)
                 guard e.rank == 3, start + length <= e.shape[1] else { throw invalid(i, "embeddings \(e.shape) too short") }
                 call.inputEmbeddings = e.slice(axis: 1, start: start, length: length)
             }
             if let name = object["position_ids"] as? String {
-                let p = try file.readInt32s(name)
+                let p = try substitutes.ints[name] ?? file.readInt32s(name)
                 switch p.shape.count {
                 case 2: call.positionIds = VLMPositions(axes: 1, batch: p.shape[0], length: p.shape[1], values: p.values.map(Int.init))
                 case 3 where p.shape[0] == 3:
@@ -310,7 +320,7 @@ extension GoldenFile {
                 }
             }
             if let name = object["rope_deltas"] as? String {
-                call.ropeDeltas = try file.readInt32s(name).values.map(Int.init)
+                call.ropeDeltas = try (substitutes.ints[name] ?? file.readInt32s(name)).values.map(Int.init)
             }
             if let name = object["image_grid_thw"] as? String { call.imageGrid = try ints2(name) }
             if let name = object["video_grid_thw"] as? String { call.videoGrid = try ints2(name) }

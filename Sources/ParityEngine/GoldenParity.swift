@@ -120,13 +120,15 @@ public enum GoldenParity {
         try golden.validate(only: only)
         let weights = try golden.weights(modelDirectory: modelDirectory)
         let vlm = try golden.vlmConfig()
+        let tower = try golden.visionTower()
         var report = FileReport()
         if let vlm { report.exact = try checkRopeTables(golden, vlm) }
         var vlmRuns: [String: ScheduleResult] = [:]
         for scenario in try golden.scenarios() where only?.contains(scenario.name) ?? true {
             var results: [String: (ScheduleInput, ScheduleResult)] = [:]
             for reference in scenario.paths {
-                let (scenarioReport, run) = checkScenario(golden, scenario, reference: reference, vlm: vlm, weights: weights)
+                let (scenarioReport, run) = checkScenario(golden, scenario, reference: reference, vlm: vlm, weights: weights,
+                                                          tower: tower)
                 report.scenarios.append(scenarioReport)
                 if let run { results[reference] = run }
             }
@@ -144,25 +146,61 @@ public enum GoldenParity {
     }
 
     static func checkScenario(_ golden: GoldenFile, _ scenario: GoldenScenario, reference: String,
-                              vlm: VLMGoldenConfig?, weights: Weights) -> (ScenarioReport, (ScheduleInput, ScheduleResult)?) {
-        guard let (implName, model) = implementation(for: reference, golden: golden, vlm: vlm, weights: weights) else {
+                              vlm: VLMGoldenConfig?, weights: Weights, tower: VisionTower?) -> (ScenarioReport, (ScheduleInput, ScheduleResult)?) {
+        func notRun(_ implementation: String, _ why: String) -> (ScenarioReport, (ScheduleInput, ScheduleResult)?) {
             var report = ScenarioReport(file: golden.name, path: golden.path, scenario: scenario, reference: reference,
-                                        implementation: "-", rows: [])
-            report.rows = [ParityRow(file: golden.name, scenario: scenario.name, reference: reference, implementation: "-",
+                                        implementation: implementation, rows: [])
+            report.rows = [ParityRow(file: golden.name, scenario: scenario.name, reference: reference, implementation: implementation,
                                      item: "all", difference: nil, tolerance: tolerance(for: reference), verdict: .notRun,
-                                     note: "no Swift implementation mirrors '\(reference)' yet")]
+                                     note: why)]
             return (report, nil)
         }
-        return checkScenario(golden, scenario, reference: reference, model: model, name: implName)
+        guard let (implName, model) = implementation(for: reference, golden: golden, vlm: vlm, weights: weights) else {
+            return notRun("-", "no Swift implementation mirrors '\(reference)' yet")
+        }
+        guard scenario.kind == .image else {
+            return checkScenario(golden, scenario, reference: reference, model: model, name: implName)
+        }
+        return checkImageScenario(golden, scenario, reference: reference, model: model, name: implName, tower: tower)
+    }
+
+    /// An image scenario: the vision rows (tower steps, merge, prompt positions), then the language
+    /// calls on Swift's own merged embeddings and positions.
+    static func checkImageScenario(_ golden: GoldenFile, _ scenario: GoldenScenario, reference: String,
+                                   model: QwenLanguageModel, name implName: String,
+                                   tower: VisionTower?) -> (ScenarioReport, (ScheduleInput, ScheduleResult)?) {
+        var report = ScenarioReport(file: golden.name, path: golden.path, scenario: scenario, reference: reference,
+                                    implementation: implName, rows: [])
+        guard let tower, let vlmModel = model as? VLMTextModel else {
+            report.rows = [ParityRow(file: golden.name, scenario: scenario.name, reference: reference, implementation: implName,
+                                     item: "all", difference: nil, tolerance: tolerance(for: reference), verdict: .notRun,
+                                     note: tower == nil ? "the golden has no /vision tower for its image prompt"
+                                                        : "image prompts run on the vlm mirror only")]
+            return (report, nil)
+        }
+        let visionRows: [ParityRow], substitutes: ScheduleSubstitutes
+        do {
+            (visionRows, substitutes) = try ImagePromptParity.check(golden, scenario, reference: reference,
+                                                                    implementation: implName, model: vlmModel, tower: tower)
+        } catch {
+            report.error = "\(error)"
+            return (report, nil)
+        }
+        var (checked, run) = checkScenario(golden, scenario, reference: reference, model: model, name: implName,
+                                           substitutes: substitutes)
+        // After the language run's own determinism row, before its rows: the vision steps feed it.
+        checked.rows.insert(contentsOf: visionRows, at: min(1, checked.rows.count))
+        return (checked, run)
     }
 
     /// One scenario path run on `model` (also how invariants run substituted implementations).
     static func checkScenario(_ golden: GoldenFile, _ scenario: GoldenScenario, reference: String,
-                              model: QwenLanguageModel, name implName: String) -> (ScenarioReport, (ScheduleInput, ScheduleResult)?) {
+                              model: QwenLanguageModel, name implName: String,
+                              substitutes: ScheduleSubstitutes = ScheduleSubstitutes()) -> (ScenarioReport, (ScheduleInput, ScheduleResult)?) {
         var report = ScenarioReport(file: golden.name, path: golden.path, scenario: scenario, reference: reference,
                                     implementation: implName, rows: [])
         do {
-            let input = try scheduleInput(golden, scenario, path: reference)
+            let input = try scheduleInput(golden, scenario, path: reference, substitutes: substitutes)
             let (result, mismatches) = try Determinism.runTwice(model, input)
             report.rows = [Determinism.row(mismatches, of: report)]
             guard mismatches.isEmpty else { return (report, nil) }
@@ -177,8 +215,9 @@ public enum GoldenParity {
 
     /// The schedule a path was run with: its own `schedule_json` (mlx-vlm paths), otherwise the
     /// scenario kind's.
-    public static func scheduleInput(_ golden: GoldenFile, _ scenario: GoldenScenario, path: String = "mlx_lm") throws -> ScheduleInput {
-        if let calls = try golden.schedule(scenario, path: path) {
+    public static func scheduleInput(_ golden: GoldenFile, _ scenario: GoldenScenario, path: String = "mlx_lm",
+                                     substitutes: ScheduleSubstitutes = ScheduleSubstitutes()) throws -> ScheduleInput {
+        if let calls = try golden.schedule(scenario, path: path, substitutes: substitutes) {
             guard calls.map({ $0.call.inputs.first?.count ?? 0 }) == scenario.calls else {
                 throw GoldenError.invalid(file: golden.path, path: "/scenarios/\(scenario.name)/\(path) schedule_json",
                                           reason: "call lengths differ from calls_json \(scenario.calls)")
@@ -196,9 +235,9 @@ public enum GoldenParity {
             let padding = try golden.ints("/inputs/batch/left_padding", expectingRank: 1).values.map { Int($0) }
             let decode = try golden.tokenRows("/inputs/batch/decode_tokens")
             return .batch(rows: rows, leftPadding: padding, decodeSteps: decode)
-        case .mrope:
+        case .mrope, .image:
             throw GoldenError.invalid(file: golden.path, path: "/scenarios/\(scenario.name)/\(path)",
-                                      reason: "an mrope scenario path needs its schedule_json")
+                                      reason: "an \(scenario.kind.rawValue) scenario path needs its schedule_json")
         }
     }
 

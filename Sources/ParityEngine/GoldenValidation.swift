@@ -1,6 +1,7 @@
 import GoldenIO
 import ParityCore
 import ParityTensor
+import VLMMirror
 
 // Checks everything a scenario run will read, before anything runs: the inputs and every stored
 // reference tensor, against the shapes the schedule will produce (layout: docs/golden-format.md).
@@ -37,6 +38,10 @@ extension GoldenFile {
         case .mrope:
             // Explicit calls from each path's schedule_json, checked when the schedule is read;
             // here only that every stored tensor holds numbers.
+            for reference in scenario.paths { try validateStoredTensors(group + "/" + reference) }
+            return
+        case .image:
+            try validateImageInputs(scenario)
             for reference in scenario.paths { try validateStoredTensors(group + "/" + reference) }
             return
         case .single:
@@ -85,6 +90,38 @@ extension GoldenFile {
                 try validateStoredTensors(group + "/" + reference)   // mlx-vlm paths: shapes of their own
             }
         }
+    }
+
+    /// An image prompt's inputs against the tower's config: pixel rows of C·Tp·P·P values, one
+    /// patch per grid cell, image tokens matching the merged grids, and the recorded merge and
+    /// positions of the prompt's length.
+    private func validateImageInputs(_ scenario: GoldenScenario) throws {
+        guard let tower = try visionTower() else {
+            throw GoldenError.invalid(file: path, path: "/vision", reason: "missing; image scenario \(scenario.name) needs the vision tower")
+        }
+        let prompt = try imagePrompt(scenario)
+        let c = tower.config
+        let grids: [ImageGrid]
+        do { grids = try tower.grids(prompt.imageGrid) } catch {
+            throw GoldenError.invalid(file: path, path: prompt.group + "/image_grid_thw", reason: "\(error)")
+        }
+        let patches = grids.reduce(0) { $0 + $1.patches }
+        guard prompt.pixelValues.shape == [patches, c.patchValues] else {
+            throw GoldenError.invalid(file: path, path: prompt.group + "/pixel_values",
+                reason: "expected shape [\(patches), \(c.patchValues)] for grids \(prompt.imageGrid), found \(prompt.pixelValues.shape)")
+        }
+        let L = prompt.ids[0].count
+        try expectTensor(prompt.group + "/input_embeddings", shape: [prompt.ids.count, L, config.hiddenSize])
+        let positions = try ints(prompt.group + "/position_ids", expectingRank: 3)
+        guard positions.shape == [3, prompt.ids.count, L] else {
+            throw GoldenError.invalid(file: path, path: prompt.group + "/position_ids",
+                                      reason: "expected shape [3, \(prompt.ids.count), \(L)], found \(positions.shape)")
+        }
+        let recorded = "/vision/" + prompt.name
+        guard file.isGroup(recorded) else {
+            throw GoldenError.invalid(file: path, path: recorded, reason: "missing; the tower steps of \(prompt.group) are stored there")
+        }
+        for name in try file.children(of: recorded) { _ = try tensor(recorded + "/" + name) }
     }
 
     /// The result tensors a path stores, where present: numbers, finite.

@@ -18,13 +18,16 @@ public struct Implementations {
     public var unified: UnifiedTextModel?
     /// Why there is no unified model for this golden (its config is not one mlx-vlm accepts).
     public var unifiedUnavailable: String?
+    /// The golden's vision tower (/vision), for its image prompts.
+    public var vision: VisionTower?
 
     public init(lm: QwenLanguageModel, makeVLM: (() -> QwenLanguageModel)? = nil,
-                unified: UnifiedTextModel? = nil, unifiedUnavailable: String? = nil) {
+                unified: UnifiedTextModel? = nil, unifiedUnavailable: String? = nil, vision: VisionTower? = nil) {
         self.lm = lm
         self.makeVLM = makeVLM
         self.unified = unified
         self.unifiedUnavailable = unifiedUnavailable
+        self.vision = vision
     }
 
     /// Every model from one `Weights`, so they share one packed copy of each projection.
@@ -43,7 +46,7 @@ public struct Implementations {
         }
         return Implementations(lm: LMTextModel(config: golden.config, weights: weights),
                                makeVLM: vlm.map { v in { VLMTextModel(config: v.text, multimodal: v.multimodal, weights: weights) } },
-                               unified: unified, unifiedUnavailable: unavailable)
+                               unified: unified, unifiedUnavailable: unavailable, vision: try golden.visionTower())
     }
 }
 
@@ -114,8 +117,9 @@ public enum InvariantRegistry {
         Invariant(id: "golden-lm", compares: "lm mirror vs mlx-lm golden, every scenario, layer, logit and cache "
                   + "(bf16 reference runs: atol 2e-5 + mlx's own bf16-to-float32 gap)",
                   tolerance: .exact, measure: goldenParity),
-        Invariant(id: "golden-vlm", compares: "vlm mirror vs mlx-vlm golden: text schedules, MRoPE scenarios and the "
-                  + "stateful hazards, every layer and logit (positions and stored position state exact)",
+        Invariant(id: "golden-vlm", compares: "vlm mirror vs mlx-vlm golden: text schedules, MRoPE scenarios, the "
+                  + "stateful hazards and image prompts from pixel values (every vision tower step, the merge, the prompt's "
+                  + "positions), every layer and logit (positions and stored position state exact)",
                   tolerance: .exact, appliesTo: { $0.file.hasAttribute("vlm_json", of: "/config") }, measure: goldenVLM),
         Invariant(id: "vlm-rope-index", compares: "vlm mirror get_rope_index and MRoPE tables vs mlx-vlm (one and several images)",
                   tolerance: .exact, appliesTo: { $0.file.exists("/rope_index") }, measure: ropeIndex),
@@ -135,8 +139,9 @@ public enum InvariantRegistry {
                   + "every text schedule of the golden (whole, chunked, prefix + decode, token by token, batch), logits, layers, caches",
                   tolerance: .exact, measure: unifiedTextVersusLM),
         Invariant(id: "unified-image-vs-vlm", compares: "unified model, positions stored from the MRoPE prompt vs the vlm mirror driven "
-                  + "like mlx-vlm's generate (whole prompt's position_ids each chunk): every stored MRoPE schedule, and the image "
-                  + "prompt with get_rope_index run by the unified model, whole and [L-1, 1], with decodes; logits and layers",
+                  + "like mlx-vlm's generate (whole prompt's position_ids each chunk): every stored MRoPE schedule, the image "
+                  + "prompt with get_rope_index run by the unified model, whole and [L-1, 1], with decodes, and the pixel-value "
+                  + "image prompts on Swift's merged embeddings; logits and layers",
                   tolerance: .exact, appliesTo: hasMRoPEInputs, measure: unifiedImageVersusVLM),
         Invariant(id: "unified-mrope-prefix-decode", compares: "unified model, MRoPE: whole prompt vs prefix + 1 and + 4 one-token calls, "
                   + "and prompt + decode tokens in one call (stitched past the stored positions), then the same decodes; "
@@ -148,6 +153,9 @@ public enum InvariantRegistry {
                   + "logits of the prompt and 2 decodes; atol 1e-5 from the spec's measured bound (6.2: <= 6.0e-6 dense / "
                   + "5.7e-6 MoE MRoPE, <= 9.4e-6 text at L=100)",
                   tolerance: .atol(1e-5), appliesTo: hasMRoPEInputs, measure: unifiedMRoPEChunkedSweep),
+        Invariant(id: "vision-image-alone-vs-batched", compares: "vision tower: each image of a multi-image prompt alone vs "
+                  + "its rows of the one batched tower call (attention stays inside each image's frames)",
+                  tolerance: .exact, appliesTo: { $0.file.exists("/vision") }, measure: visionAloneVersusBatched),
         Invariant(id: "unified-no-state-leak", compares: "unified model, one object: a text prompt's logits before and after an image "
                   + "prompt (three schedules), every call after it on the mlx-lm route; the image prompt before and after",
                   tolerance: .exact, appliesTo: { $0.file.exists("/inputs/mrope/image_prompt") && $0.file.exists("/inputs/token_ids") },
@@ -240,7 +248,10 @@ public enum InvariantRegistry {
         var out: [Measurement] = []
         for scenario in try c.golden.scenarios() where c.scenarios?.contains(scenario.name) ?? true {
             for reference in scenario.paths where reference.hasPrefix("mlx_vlm") {
-                let (report, _) = GoldenParity.checkScenario(c.golden, scenario, reference: reference, model: makeVLM(), name: "vlm mirror")
+                let (report, _) = scenario.kind == .image
+                    ? GoldenParity.checkImageScenario(c.golden, scenario, reference: reference, model: makeVLM(),
+                                                      name: "vlm mirror", tower: c.implementations.vision)
+                    : GoldenParity.checkScenario(c.golden, scenario, reference: reference, model: makeVLM(), name: "vlm mirror")
                 if let error = report.error {
                     throw GoldenError.invalid(file: c.golden.path, path: "/scenarios/\(scenario.name)/\(reference)", reason: error)
                 }

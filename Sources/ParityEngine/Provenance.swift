@@ -22,6 +22,16 @@ public struct GoldenProvenance: Sendable, Equatable {
     /// Activation dtype of the mlx_lm path ("float32", "bfloat16").
     public var dtype: String
     public var history: [HistoryEntry]
+    /// Groups written by the generator's helper modules (/probes, /vision): group → the helper
+    /// (e.g. "tools/golden_vision.py") and its sha256 when the group was written.
+    public var components: [String: (generator: String, sha256: String)] = [:]
+
+    public static func == (a: GoldenProvenance, b: GoldenProvenance) -> Bool {
+        a.versions == b.versions && a.generator == b.generator && a.generatorSHA256 == b.generatorSHA256
+            && a.seed == b.seed && a.weightsSource == b.weightsSource && a.modelDirectory == b.modelDirectory
+            && a.modelFiles == b.modelFiles && a.dtype == b.dtype && a.history == b.history
+            && a.components.mapValues { [$0.generator, $0.sha256] } == b.components.mapValues { [$0.generator, $0.sha256] }
+    }
 
     public struct HistoryEntry: Sendable, Equatable, Decodable {
         public var date: String
@@ -43,7 +53,12 @@ public struct GoldenProvenance: Sendable, Equatable {
         }
         let source = file.hasAttribute("weights_source", of: "/") ? try text("weights_source") : "random"
         let modelFiles = file.hasAttribute("model_files_json", of: "/") ? try json("model_files_json", [String: String].self) : [:]
-        return GoldenProvenance(
+        var components: [String: (generator: String, sha256: String)] = [:]
+        for group in ["/probes", "/vision"] where file.hasAttribute("generator_sha256", of: group) {
+            components[group] = (try file.stringAttribute("generator", of: group),
+                                 try file.stringAttribute("generator_sha256", of: group))
+        }
+        var provenance = GoldenProvenance(
             versions: try json("versions_json", [String: String].self),
             generator: try text("generator"),
             generatorSHA256: try text("generator_sha256"),
@@ -53,6 +68,8 @@ public struct GoldenProvenance: Sendable, Equatable {
             modelFiles: modelFiles,
             dtype: (try? text("dtype")) ?? "float32",
             history: file.hasAttribute("history_json", of: "/") ? try json("history_json", [HistoryEntry].self) : [])
+        provenance.components = components
+        return provenance
     }
 }
 
@@ -114,6 +131,20 @@ public struct Freshness: Sendable, Equatable {
             }
         } else {
             f.unverified.append("generator hash not checked (no tools/make_golden.py found above the golden; pass --generator)")
+        }
+        // Helper modules live beside the generator (tools/golden_probes.py, tools/golden_vision.py).
+        if let generator = sources.generator {
+            let tools = URL(fileURLWithPath: generator).deletingLastPathComponent()
+            for (group, component) in provenance.components.sorted(by: { $0.key < $1.key }) {
+                let helper = tools.appendingPathComponent(URL(fileURLWithPath: component.generator).lastPathComponent).path
+                guard let sha = try? SHA256.hex(fileAt: helper) else {
+                    f.unverified.append("cannot read \(helper), which wrote \(group)")
+                    continue
+                }
+                if sha != component.sha256 {
+                    f.changes.append("\(group) generator changed: written by \(component.generator) sha256 \(component.sha256.prefix(12))…, \(helper) is now \(sha.prefix(12))…")
+                }
+            }
         }
         if let requirements = sources.requirements, let text = try? String(contentsOfFile: requirements, encoding: .utf8) {
             for (package, version) in pins(text).sorted(by: { $0.key < $1.key }) {

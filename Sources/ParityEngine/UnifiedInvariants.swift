@@ -131,6 +131,8 @@ extension InvariantRegistry {
                 out += exactPairs("\(mc.name) calls \(calls) + \(decode.count) decodes", ours, vlm, caches: false)
             }
         }
+        // 3. The image prompts from pixel values, embedded by the Swift vision tower.
+        out += try unifiedPixelPrompts(c, unified)
         return out
     }
 
