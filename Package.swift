@@ -53,7 +53,7 @@ let package = Package(
         .testTarget(name: "LMMirrorTests", dependencies: ["LMMirror", "ParityCore", "TestSupport"]),
         .testTarget(name: "VLMMirrorTests", dependencies: ["VLMMirror", "ParityCore", "ParityTensor", "TestSupport"]),
         .testTarget(name: "UnifiedModelTests", dependencies: ["UnifiedModel", "LMMirror", "VLMMirror", "ParityCore", "ParityTensor", "TestSupport"]),
-        .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO", "Checkpoint", "UnifiedModel", "TestSupport"]),
+        .testTarget(name: "ParityEngineTests", dependencies: ["ParityEngine", "GoldenIO", "Checkpoint", "UnifiedModel", "VLMMirror", "TestSupport"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "ParityCore", "ParityTensor", "TestSupport"]),
         // Bad inputs through the built CLI, and kill tests; they spawn products `swift test` builds.
         .testTarget(name: "ReliabilityTests", dependencies: ["GoldenIO", "ParityEngine"]),

@@ -23,11 +23,11 @@ public struct DiffCommand: ParsableCommand {
     @Option(name: .long, help: "The golden scenario to run and compare (e.g. full_prefill).")
     var scenario: String
 
-    @Option(name: .customLong("a"), help: "The reference side.")
-    var a = "golden-lm"
+    @Option(name: .customLong("a"), help: "The reference side (default: golden-lm, or golden-vlm for a scenario mlx-lm did not run).")
+    var a: String?
 
-    @Option(name: .customLong("b"), help: "The compared side.")
-    var b = "lm"
+    @Option(name: .customLong("b"), help: "The compared side (default: lm, or vlm for a scenario mlx-lm did not run).")
+    var b: String?
 
     @Option(name: .customLong("c"), help: "A third side: the diff ends with a 2-of-3 vote on which side departs.")
     var c: String?
@@ -47,7 +47,7 @@ public struct DiffCommand: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        for side in [a, b] + (c.map { [$0] } ?? []) where !DiffSides.names.contains(side) {
+        for side in [a, b, c].compactMap({ $0 }) where !DiffSides.names.contains(side) {
             throw ValidationError("unknown side '\(side)'; known: \(DiffSides.names.joined(separator: ", "))")
         }
         if let fault { _ = try parse(fault: fault) }
@@ -70,6 +70,10 @@ public struct DiffCommand: ParsableCommand {
         let report: DiffReport
         do {
             let golden = try GoldenFile(path: file)
+            // Image prompts and the MRoPE scenarios exist only as mlx-vlm runs.
+            let textRun = try golden.scenario(scenario).paths.contains("mlx_lm")
+            let a = self.a ?? (textRun ? "golden-lm" : "golden-vlm")
+            let b = self.b ?? (textRun ? "lm" : "vlm")
             var cached: Weights?
             let weights = { () throws -> Weights in
                 if let cached { return cached }

@@ -9,6 +9,8 @@ import ParityTensor
 
 /// A compared tensor, in the order the forward pass produces them.
 public enum DiffItem: Hashable, Sendable {
+    /// Image prompts: a vision tower step ("patch_embed", "block_01_out", …) or "merged embeddings".
+    case vision(String)
     case embeddings
     case layer(Int)
     /// Cache or state of a layer after the prompt: "keys", "values", "conv_state", "recurrent_state".
@@ -27,6 +29,7 @@ public enum DiffItem: Hashable, Sendable {
     /// "layer 2", "layer 0 conv state", "layer 3 sdpa".
     public var label: String {
         switch self {
+        case .vision(let step): return step == ImagePromptParity.mergedStep ? step : "vision \(step)"
         case .embeddings: return "embeddings"
         case .layer(let i): return "layer \(i)"
         case let .cache(i, name): return "layer \(i) \(DiffItem.cacheLabel(name))"
@@ -380,6 +383,9 @@ public enum Diff {
     static func layerRows(_ x: DiffCapture, _ y: DiffCapture, config: TextConfig, tolerance: Tolerance,
                           valid: ((Int, Int) -> Bool)?) -> [DiffRow] {
         var rows: [DiffRow] = []
+        for step in x.visionOrder where y.vision[step] != nil || x.vision[step] != nil {
+            rows.append(row(.vision(step), x.vision[step], y.vision[step], timeAxis: nil, tolerance, valid))
+        }
         rows.append(row(.embeddings, x.hidden.first, y.hidden.first, timeAxis: 1, tolerance, valid))
         for (i, kind) in config.layerKinds.enumerated() {
             rows.append(row(.layer(i), x.hidden.count > i + 1 ? x.hidden[i + 1] : nil,

@@ -22,6 +22,9 @@ public struct DiffCapture {
     public var cache: [Int: [String: Tensor]] = [:]
     /// Sub-step tensors: layer → sub-step name (ParityCore `SubSteps`).
     public var subSteps: [Int: [String: Tensor]] = [:]
+    /// Image prompts: the vision tower's steps and the merged embeddings, in computation order.
+    public var vision: [String: Tensor] = [:]
+    public var visionOrder: [String] = []
 
     public init() {}
 }
@@ -65,6 +68,17 @@ public struct GoldenSide: DiffSide {
                                       reason: "no '\(path)' results for this scenario (side \(id)); stored paths: \(request.scenario.paths.joined(separator: ", "))")
         }
         var c = DiffCapture()
+        if request.scenario.kind == .image {
+            let prompt = try golden.imagePrompt(request.scenario)
+            let recorded = "/vision/" + prompt.name
+            let order = try golden.file.stringAttribute("steps_json", of: recorded)
+            guard let steps = try? JSONDecoder().decode([String].self, from: Data(order.utf8)) else {
+                throw GoldenError.invalid(file: golden.path, path: recorded + " steps_json", reason: "expected a list of step names")
+            }
+            for step in steps { c.vision[step] = try golden.tensor(recorded + "/" + step) }
+            c.vision[ImagePromptParity.mergedStep] = try golden.tensor(prompt.group + "/input_embeddings")
+            c.visionOrder = steps + [ImagePromptParity.mergedStep]
+        }
         let hidden = try golden.tensor(base + "/hidden_states")
         let perLayer = Array(hidden.shape.dropFirst())
         c.hidden = (0..<hidden.shape[0]).map { hidden.slice(axis: 0, start: $0, length: 1).reshaped(perLayer) }
@@ -119,18 +133,40 @@ public struct ImplementationSide: DiffSide {
     public let model: QwenLanguageModel
     /// The reference path whose call schedule this side replays (mlx-vlm paths carry their own).
     public let schedulePath: String
+    /// The vision tower that embeds image prompts (vlm mirror sides of goldens with /vision).
+    public let tower: VisionTower?
     public var isGolden: Bool { false }
 
-    public init(id: String, title: String, numerics: String, model: QwenLanguageModel, schedulePath: String = "mlx_lm") {
+    public init(id: String, title: String, numerics: String, model: QwenLanguageModel, schedulePath: String = "mlx_lm",
+                tower: VisionTower? = nil) {
         self.id = id; self.title = title; self.numerics = numerics; self.model = model; self.schedulePath = schedulePath
+        self.tower = tower
     }
 
     public func capture(_ request: DiffRequest) throws -> DiffCapture {
+        var c = DiffCapture()
+        var substitutes = ScheduleSubstitutes()
+        if request.scenario.kind == .image {
+            // The side embeds the prompt itself, then runs the language calls on its own result.
+            guard let tower, let vlm = model as? VLMTextModel else {
+                throw GoldenError.invalid(file: request.golden.path, path: "/scenarios/\(request.scenario.name)",
+                                          reason: "an image prompt needs the vlm mirror side and the golden's /vision tower (side \(id))")
+            }
+            let prompt = try request.golden.imagePrompt(request.scenario)
+            var order: [String] = []
+            let input = try ImagePromptParity.multimodalInput(request.golden, prompt, model: vlm, tower: tower) { step, value in
+                c.vision[step] = value
+                order.append(step)
+            }
+            c.vision[ImagePromptParity.mergedStep] = input.embeddings
+            c.visionOrder = order + [ImagePromptParity.mergedStep]
+            substitutes = ImagePromptParity.substitutes(prompt, input)
+        }
         let input = try GoldenParity.scheduleInput(request.golden, request.scenario,
-                                                   path: request.scenario.paths.contains(schedulePath) ? schedulePath : "mlx_lm")
+                                                   path: request.scenario.paths.contains(schedulePath) ? schedulePath : "mlx_lm",
+                                                   substitutes: substitutes)
         let recorder = TraceRecorder(subStepLayers: request.subStepLayers)
         let result = try ScheduleRunner.run(model, input, trace: recorder)
-        var c = DiffCapture()
         let perLayer = Array(result.hiddenStates.shape.dropFirst())
         c.hidden = (0..<result.hiddenStates.shape[0]).map {
             result.hiddenStates.slice(axis: 0, start: $0, length: 1).reshaped(perLayer)
@@ -190,7 +226,7 @@ public enum DiffSides {
             }
             return ImplementationSide(id: "vlm", title: "vlm mirror", numerics: "mlx-vlm",
                                       model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights()),
-                                      schedulePath: "mlx_vlm")
+                                      schedulePath: "mlx_vlm", tower: try golden.visionTower())
         },
         Entry(id: "unified", summary: "the unified (patched) model: text through the lm route, MRoPE through the vlm route") { golden, weights in
             let vlm = try golden.vlmConfig()
@@ -318,6 +354,6 @@ extension ImplementationSide {
     /// This side with `fault` injected: id "lm+2:conv_out", title "lm mirror, fault 2:conv_out".
     public func faulted(_ fault: SubStepFault) -> ImplementationSide {
         ImplementationSide(id: "\(id)+\(fault)", title: "\(title) with fault \(fault)", numerics: numerics,
-                           model: FaultedModel(model, fault: fault))
+                           model: FaultedModel(model, fault: fault), schedulePath: schedulePath, tower: tower)
     }
 }

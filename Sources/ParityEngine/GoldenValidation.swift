@@ -108,7 +108,7 @@ extension GoldenFile {
         let patches = grids.reduce(0) { $0 + $1.patches }
         guard prompt.pixelValues.shape == [patches, c.patchValues] else {
             throw GoldenError.invalid(file: path, path: prompt.group + "/pixel_values",
-                reason: "expected shape [\(patches), \(c.patchValues)] for grids \(prompt.imageGrid), found \(prompt.pixelValues.shape)")
+                reason: "expected shape [\(patches), \(c.patchValues)] for the grids \(prompt.imageGrid) of \(prompt.group)/image_grid_thw, found \(prompt.pixelValues.shape)")
         }
         let L = prompt.ids[0].count
         try expectTensor(prompt.group + "/input_embeddings", shape: [prompt.ids.count, L, config.hiddenSize])

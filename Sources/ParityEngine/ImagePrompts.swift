@@ -43,7 +43,7 @@ extension GoldenFile {
             weights[name] = try tensor("/vision/weights/" + name)
         }
         do {
-            return try VisionTower(config: config, weights: weights, source: "\(path): /vision/weights")
+            return try VisionTower(config: config, weights: weights)
         } catch let error as VisionError {
             throw GoldenError.invalid(file: path, path: "/vision/weights", reason: error.description)
         }
@@ -70,6 +70,9 @@ extension GoldenFile {
 }
 
 enum ImagePromptParity {
+    /// The item after the tower's steps: features scattered into the token embeddings.
+    static let mergedStep = "merged embeddings"
+
     /// The vision half of an image scenario on the vlm mirror: rows for every tower step, the
     /// merged embeddings and the prompt's positions and deltas (all exact), and the substitutes
     /// that make the language calls read Swift's values.
@@ -126,7 +129,7 @@ enum ImagePromptParity {
             }
             try compare("vision " + name, value, recorded + "/" + name)
         }
-        try compare("merged embeddings", input.embeddings, prompt.group + "/input_embeddings")
+        try compare(mergedStep, input.embeddings, prompt.group + "/input_embeddings")
 
         return (rows, substitutes(prompt, input))
     }

@@ -39,6 +39,8 @@ struct GoldenFacts: Sendable {
     var noCacheDatasets: [(path: String, range: Range<Int>)]
     var attentionLayer: Int
     var deltaNetLayer: Int
+    /// The vision tower's weights (empty for a golden without image prompts).
+    var visionWeights: [String]
 
     init(_ url: URL) throws {
         self.url = url
@@ -47,6 +49,7 @@ struct GoldenFacts: Sendable {
         let file = try H5File.open(url.path)
         defer { file.close() }
         weights = try file.children(of: "/weights")
+        visionWeights = file.exists("/vision/weights") ? try file.children(of: "/vision/weights") : []
         rawJSON = try file.stringAttribute("raw_json", of: "/config")
         effectiveJSON = try file.stringAttribute("effective_json", of: "/config")
         let effective = try JSONSerialization.jsonObject(with: Data(effectiveJSON.utf8)) as! [String: Any]
@@ -197,6 +200,91 @@ enum BadInputCorpus {
                 try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: path + ".d")
             },
         ]
+    }
+
+    /// Image prompts from pixel values (/vision, /inputs/vision): run on the two-image prompt.
+    static func visionCases(_ facts: GoldenFacts, _ rng: inout SeededGenerator,
+                            _ add: (String, String?, BadInput.Expectation, @escaping @Sendable (String) throws -> Void) -> Void) {
+        let g = facts.url, scenario = "image_prompt_two", inputs = "/inputs/vision/image_two"
+        func named(_ id: String, _ mentions: [String], _ edit: @escaping @Sendable (H5File) throws -> Void) {
+            add("vision-" + id, scenario, .namedError(mentions), edited(g, edit))
+        }
+        let pixels = inputs + "/pixel_values", grid = inputs + "/image_grid_thw"
+        for value: Float in [.nan, .infinity] {
+            let index = Int.random(in: 0..<4000, using: &rng)
+            named("pixels-\(value)", [pixels, "NaN or Inf"]) { try poke($0, pixels, index, value) }
+        }
+        named("pixels-missing", [pixels]) { try $0.deleteObject(pixels) }
+        named("pixels-one-row-short", [pixels, "shape"]) { file in
+            let a = try file.readFloats(pixels)
+            try replace(file, pixels, floats: Array(a.values.dropLast(a.shape[1])), shape: [a.shape[0] - 1, a.shape[1]])
+        }
+        named("pixels-rank-1", [pixels, "shape"]) { file in
+            let a = try file.readFloats(pixels)
+            try replace(file, pixels, floats: a.values, shape: [a.values.count])
+        }
+        for (label, rows) in [("odd-height", [1, 5, 4, 1, 8, 6]), ("zero-frames", [0, 4, 4, 1, 8, 6]),
+                              ("negative", [1, -4, 4, 1, 8, 6]), ("too-few-patches", [1, 2, 2, 1, 8, 6])] {
+            named("grid-\(label)", [grid]) { try replace($0, grid, ints: rows.map(Int32.init), shape: [2, 3]) }
+        }
+        named("grid-rank-1", [grid, "rank"]) { try replace($0, grid, ints: [1, 4, 4, 1, 8, 6], shape: [6]) }
+        named("grid-as-float", [grid, "float32"]) { try replace($0, grid, floats: [1, 4, 4, 1, 8, 6], shape: [2, 3]) }
+        named("grid-missing", [grid]) { try $0.deleteObject(grid) }
+        // One more image token than the tower has features for.
+        named("image-tokens-exceed-features", [inputs, "image tokens"]) { file in
+            let ids = try file.readInt32s(inputs + "/token_ids")
+            var values = ids.values
+            values[0] = 997
+            try replace(file, inputs + "/token_ids", ints: values, shape: ids.shape)
+        }
+        named("prompt-length-beyond", [inputs, "prompt_length"]) { try $0.setAttribute("prompt_length", int: 999, on: inputs) }
+        named("vision-inputs-dangling", ["/inputs/vision/nowhere"]) {
+            try $0.setAttribute("vision_inputs", string: "/inputs/vision/nowhere", on: "/scenarios/" + scenario)
+        }
+        named("vision-inputs-missing", ["/scenarios/\(scenario)", "vision_inputs"]) {
+            try $0.deleteAttribute("vision_inputs", of: "/scenarios/" + scenario)
+        }
+        var weights = facts.visionWeights.shuffled(using: &rng)
+        for _ in 0..<2 {
+            let w = weights.removeFirst()
+            named("weight-missing-\(w)", ["/vision/weights", w]) { try $0.deleteObject("/vision/weights/" + w) }
+        }
+        let w = weights.removeFirst()
+        named("weight-nan-\(w)", ["/vision/weights/" + w, "NaN or Inf"]) { try poke($0, "/vision/weights/" + w, 5, .nan) }
+        let v = weights.removeFirst()
+        named("weight-transposed-\(v)", [v, "shape"]) { file in
+            let a = try file.readFloats("/vision/weights/" + v)
+            try replace(file, "/vision/weights/" + v, floats: a.values, shape: a.shape.count == 1 ? [1, a.values.count] : Array(a.shape.reversed()))
+        }
+        named("weight-unexpected", ["/vision/weights", "vision_tower.blocks.7.attn.qkv.weight"]) {
+            try $0.writeFloats("/vision/weights/vision_tower.blocks.7.attn.qkv.weight", shape: [2], values: [1, 2])
+        }
+        let configEdits: [(String, String, @Sendable (inout [String: Any]) -> Void)] = [
+            ("no-depth", "depth", { $0.removeValue(forKey: "depth") }),
+            ("heads-do-not-divide", "num_heads", { $0["num_heads"] = 5 }),
+            ("deepstack", "deepstack", { $0["deepstack_visual_indexes"] = [1] }),
+            ("patch-size-string", "patch_size", { $0["patch_size"] = "4" }),
+            ("merge-size-3", "merger.linear_fc1", { $0["spatial_merge_size"] = 3 }),
+            ("out-hidden-wrong", "merger.linear_fc2", { $0["out_hidden_size"] = 64 }),
+        ]
+        for (label, key, edit) in configEdits {
+            named("config-\(label)", [key]) { file in
+                let text = try file.stringAttribute("config_json", of: "/vision")
+                var outer = try JSONSerialization.jsonObject(with: Data(text.utf8)) as! [String: Any]
+                var config = outer["vision_config"] as! [String: Any]
+                edit(&config)
+                outer["vision_config"] = config
+                let data = try JSONSerialization.data(withJSONObject: outer, options: [.sortedKeys])
+                try file.setAttribute("config_json", string: String(decoding: data, as: UTF8.self), on: "/vision")
+            }
+        }
+        named("config-not-json", ["/vision config_json"]) { try $0.setAttribute("config_json", string: "{oops", on: "/vision") }
+        named("steps-json-missing", ["steps_json"]) { try $0.deleteAttribute("steps_json", of: "/vision/image_two") }
+        named("recorded-step-nan", ["/vision/image_two/features", "NaN or Inf"]) { try poke($0, "/vision/image_two/features", 3, .nan) }
+        named("merged-embeddings-misshapen", [inputs + "/input_embeddings", "shape"]) { file in
+            let a = try file.readFloats(inputs + "/input_embeddings")
+            try replace(file, inputs + "/input_embeddings", floats: Array(a.values.dropLast(a.shape[2])), shape: [1, a.shape[1] - 1, a.shape[2]])
+        }
     }
 
     static func cases(_ facts: GoldenFacts, seed: UInt64) -> [BadInput] {
@@ -492,7 +580,7 @@ enum BadInputCorpus {
         named("effective-json-missing-key", ["effective_json", "rotary_dims"]) {
             try editJSON($0, "effective_json") { $0.removeValue(forKey: "rotary_dims") }
         }
-        // Safetensors inputs arrive with a later issue; their cases will be added here.
+        if !facts.visionWeights.isEmpty { visionCases(facts, &rng) { add($0, scenario: $1, $2, $3) } }
         return out
     }
 }

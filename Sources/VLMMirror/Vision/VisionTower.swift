@@ -38,15 +38,18 @@ public struct VisionTower: Sendable {
 
     /// `weights` by mlx-vlm name (`vision_tower.…`): exactly the tower's parameters, each of
     /// the shape the config implies.
-    public init(config: VisionConfig, weights: [String: Tensor], source: String) throws {
+    public init(config: VisionConfig, weights: [String: Tensor]) throws {
         let expected = config.parameterShapes
         let missing = expected.keys.filter { weights[$0] == nil }.sorted()
         let unexpected = weights.keys.filter { expected[$0] == nil }.sorted()
         guard missing.isEmpty, unexpected.isEmpty else {
-            throw VisionError.weights("\(source): missing \(missing.prefix(3)), unexpected \(unexpected.prefix(3))")
+            func list(_ names: [String]) -> String { names.prefix(3).joined(separator: ", ") + (names.count > 3 ? ", …" : "") }
+            throw VisionError.weights([missing.isEmpty ? nil : "\(missing.count) missing (\(list(missing)))",
+                                       unexpected.isEmpty ? nil : "\(unexpected.count) unexpected (\(list(unexpected)))"]
+                .compactMap { $0 }.joined(separator: ", "))
         }
-        for (name, shape) in expected where weights[name]!.shape != shape {
-            throw VisionError.weights("\(source): \(name) has shape \(weights[name]!.shape), the config implies \(shape)")
+        for (name, shape) in expected.sorted(by: { $0.key < $1.key }) where weights[name]!.shape != shape {
+            throw VisionError.weights("\(name) has shape \(weights[name]!.shape), the config implies \(shape)")
         }
         func w(_ name: String) -> Tensor { weights["vision_tower." + name]! }
         func linear(_ name: String) -> LinearWeight { LinearWeight(w(name)) }
