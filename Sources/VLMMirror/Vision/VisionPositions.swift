@@ -1,5 +1,4 @@
 import Foundation
-import ParityCore
 import ParityTensor
 
 // Where each patch sits, as mlx-vlm's qwen3_vl VisionModel lays patches out: images in order,

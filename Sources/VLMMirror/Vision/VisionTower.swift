@@ -169,10 +169,12 @@ struct VisionRotary {
 
     /// `x·cos + rotate_half(x)·sin` for one head vector of patch `n`, in place.
     func apply(_ x: UnsafeMutablePointer<Float>, patch n: Int) {
-        let half = width / 2
-        var rotated = [Float](repeating: 0, count: width)
-        for j in 0..<half { rotated[j] = -x[half + j]; rotated[half + j] = x[j] }
-        for j in 0..<width { x[j] = x[j] * cos[n * width + j] + rotated[j] * sin[n * width + j] }
+        let half = width / 2, base = n * width
+        for j in 0..<half {
+            let (a, b) = (x[j], x[half + j])   // rotate_half(x) = [−b ‖ a]
+            x[j] = a * cos[base + j] + (-b) * sin[base + j]
+            x[half + j] = b * cos[base + half + j] + a * sin[base + half + j]
+        }
     }
 }
 
