@@ -185,3 +185,26 @@ void pk_gemm(const float *packed_a, const float *packed_b, float *c, int ldc,
     if (!selected) select_default();
     selected(packed_a, packed_b, c, ldc, m, n, k, first_panel, panel_count);
 }
+
+typedef struct {
+    const float *a, *b;
+    float *c;
+    int ldc, m, n, k, panels, tasks;
+} gemm_job;
+
+static void gemm_task(void *ctx, int task) {
+    const gemm_job *j = ctx;
+    const int first = (int)((long)j->panels * task / j->tasks);
+    const int last = (int)((long)j->panels * (task + 1) / j->tasks);
+    if (last > first) pk_gemm(j->a, j->b, j->c, j->ldc, j->m, j->n, j->k, first, last - first);
+}
+
+void pk_gemm_parallel(const float *packed_a, const float *packed_b, float *c, int ldc,
+                      int m, int n, int k, int tasks_per_thread) {
+    const int panels = (n + PK_PANEL - 1) / PK_PANEL;
+    int tasks = pk_pool_threads() * (tasks_per_thread > 0 ? tasks_per_thread : 1);
+    if (tasks > panels) tasks = panels;
+    if (!selected) select_default();
+    gemm_job job = { packed_a, packed_b, c, ldc, m, n, k, panels, tasks };
+    pk_parallel(tasks, gemm_task, &job);
+}

@@ -31,6 +31,10 @@ public enum MatrixProduct {
         return max(1, ProcessInfo.processInfo.activeProcessorCount)
     }()
 
+    /// Starts the kernels' persistent thread pool with `threads` threads (once; later calls do nothing).
+    public static func startPool() { _ = poolStarted }
+    private static let poolStarted: Void = { pk_pool_start(Int32(threads)) }()
+
     /// The instruction set of the in-order kernel: "avx512f", "avx2" or "generic".
     public static var kernelName: String { String(cString: pk_kernel_name()) }
 
@@ -71,10 +75,6 @@ public enum MatrixProduct {
     }
 }
 
-/// A pointer that crosses into the worker threads of one product; each thread writes only the
-/// columns it owns.
-private struct SharedPointer<T>: @unchecked Sendable { let value: T }
-
 /// `B [K, N]` packed for the in-order kernel: 64-column panels, each `[K][64]`, zero-padded.
 struct PackedPanels: Sendable {
     let n: Int, k: Int
@@ -110,21 +110,14 @@ struct PackedPanels: Sendable {
             pk_pack_a(a, Int32(m), Int32(k), Int32(k), buffer.baseAddress!)
             initialized = packedCount
         }
-        let panels = panelCount
-        let parts = min(MatrixProduct.threads, panels)
         packedA.withUnsafeBufferPointer { ap in
             storage.withUnsafeBufferPointer { bp in
                 let (aPointer, bPointer) = (ap.baseAddress!, bp.baseAddress!)
-                if parts <= 1 || m * n * k < 1 << 18 {
-                    pk_gemm(aPointer, bPointer, c, Int32(n), Int32(m), Int32(n), Int32(k), 0, Int32(panels))
-                    return
-                }
-                let shared = SharedPointer(value: (aPointer, bPointer, c))
-                let (m32, n32, k32) = (Int32(m), Int32(n), Int32(k))
-                DispatchQueue.concurrentPerform(iterations: parts) { part in
-                    let (a, b, c) = shared.value
-                    let first = panels * part / parts, last = panels * (part + 1) / parts
-                    pk_gemm(a, b, c, n32, m32, n32, k32, Int32(first), Int32(last - first))
+                if MatrixProduct.threads <= 1 || panelCount <= 1 || m * n * k < 1 << 16 {
+                    pk_gemm(aPointer, bPointer, c, Int32(n), Int32(m), Int32(n), Int32(k), 0, Int32(panelCount))
+                } else {
+                    MatrixProduct.startPool()
+                    pk_gemm_parallel(aPointer, bPointer, c, Int32(n), Int32(m), Int32(n), Int32(k), 4)
                 }
             }
         }
