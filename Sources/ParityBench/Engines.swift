@@ -7,6 +7,8 @@ import ParityTensor
 public enum EngineKind: String, CaseIterable, Sendable {
     /// The lm mirror with the default in-order kernel: bit-exact against mlx-lm.
     case swiftLM = "swift-lm"
+    /// The vlm mirror's language model on the text path (get_rope_index positions, chunked scan).
+    case swiftVLM = "swift-vlm"
     /// The lm mirror with OpenBLAS sgemm (QWEN_PARITY_GEMM=openblas): fast, not row-invariant.
     case swiftLMOpenBLAS = "swift-lm-openblas"
     /// mlx-lm on the MLX CPU backend as the wheel installs it (its bundled reference BLAS).
@@ -16,11 +18,11 @@ public enum EngineKind: String, CaseIterable, Sendable {
     /// transformers' Qwen 3.5 on torch CPU.
     case torch
 
-    public var isSwift: Bool { self == .swiftLM || self == .swiftLMOpenBLAS }
+    public var isSwift: Bool { self == .swiftLM || self == .swiftVLM || self == .swiftLMOpenBLAS }
     public var usesOpenBLASCore: Bool { self == .swiftLMOpenBLAS || self == .mlxOpenBLAS }
 
     /// The default line-up: the exact Swift path against every peer, then the fast mode.
-    public static let defaults: [EngineKind] = [.swiftLM, .swiftLMOpenBLAS, .mlx, .mlxOpenBLAS, .torch]
+    public static let defaults: [EngineKind] = [.swiftLM, .swiftVLM, .swiftLMOpenBLAS, .mlx, .mlxOpenBLAS, .torch]
 }
 
 public struct BenchOptions: Sendable {
@@ -47,11 +49,12 @@ public enum SwiftEngine {
         }
         let data = try BenchData(path: options.dataPath)
         var model: BenchModel?
-        let load = try Measurement.seconds { model = try data.lmModel() }
+        let load = try Measurement.seconds { model = kind == .swiftVLM ? try data.vlmModel() : try data.lmModel() }
         let gemm = wanted == .sequential
             ? "in-order kernel (\(MatrixProduct.kernelName), \(MatrixProduct.threads) threads)"
             : "OpenBLAS sgemm (\(MatrixProduct.openBLASCore), \(MatrixProduct.openBLASThreads) threads)"
-        var result = EngineResult(engine: kind.rawValue, description: "Swift lm mirror, \(gemm)")
+        let mirror = kind == .swiftVLM ? "vlm" : "lm"
+        var result = EngineResult(engine: kind.rawValue, description: "Swift \(mirror) mirror, \(gemm)")
         log(String(format: "%@: %@; loaded in %.1f s", kind.rawValue, result.description!, load))
         let measured = try Measurement.run(model!, prompt: data.prompt, plan: options.plan, name: kind.rawValue, log: log)
         result.prefill = measured.prefill
