@@ -82,6 +82,7 @@ struct GatedDeltaNet {
         g = trace.tap("g", g)
 
         var recurrent = cache?.recurrentState ?? Tensor(zeros: [B, Hv, dv, dk])
+        cache?.recurrentState = nil   // the local copy is then the only one and is stepped in place
         let y = trace.tap("core_out", deltaRule(q: q, k: k, v: v, g: g, beta: beta, state: &recurrent, mask: mask))   // [B, S, Hv, dv]
         recurrent = trace.tap("final_state", recurrent)
         if var c = cache {

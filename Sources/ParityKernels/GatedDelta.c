@@ -20,6 +20,52 @@ enum { ROWS = 16 };
 typedef float v16 __attribute__((vector_size(64)));                 // aligned: the block
 typedef float v16u __attribute__((vector_size(64), aligned(4)));    // unaligned: v, y
 
+// Transposes a 16×16 block held in 16 vectors: four stages, each swapping bit s of the row index
+// with bit s of the column index (element (r, c) ends at (c, r)). Moves values, computes nothing.
+static inline __attribute__((always_inline)) void transpose16(v16 m[16]) {
+    for (int i = 0; i < 16; i++) if (!(i & 1)) {
+        const v16 a = m[i], b = m[i + 1];
+        m[i] = __builtin_shufflevector(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+        m[i + 1] = __builtin_shufflevector(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+    }
+    for (int i = 0; i < 16; i++) if (!(i & 2)) {
+        const v16 a = m[i], b = m[i + 2];
+        m[i] = __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+        m[i + 2] = __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    }
+    for (int i = 0; i < 16; i++) if (!(i & 4)) {
+        const v16 a = m[i], b = m[i + 4];
+        m[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+        m[i + 4] = __builtin_shufflevector(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    }
+    for (int i = 0; i < 16; i++) if (!(i & 8)) {
+        const v16 a = m[i], b = m[i + 8];
+        m[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+        m[i + 8] = __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    }
+}
+
+// Rows i0 … i0+15 of the state `[dv][dk]` into the block `[dk][16]`, and back.
+static inline __attribute__((always_inline))
+void load_rows(const float *state, int dk, int i0, float *restrict block) {
+    for (int j0 = 0; j0 < dk; j0 += 16) {
+        v16 m[16];
+        for (int r = 0; r < 16; r++) m[r] = *(const v16u *)(state + (size_t)(i0 + r) * dk + j0);
+        transpose16(m);
+        for (int c = 0; c < 16; c++) *(v16 *)(block + (size_t)(j0 + c) * ROWS) = m[c];
+    }
+}
+
+static inline __attribute__((always_inline))
+void store_rows(float *state, int dk, int i0, const float *restrict block) {
+    for (int j0 = 0; j0 < dk; j0 += 16) {
+        v16 m[16];
+        for (int c = 0; c < 16; c++) m[c] = *(const v16 *)(block + (size_t)(j0 + c) * ROWS);
+        transpose16(m);
+        for (int r = 0; r < 16; r++) *(v16u *)(state + (size_t)(i0 + r) * dk + j0) = m[r];
+    }
+}
+
 static inline __attribute__((always_inline))
 void delta_body(float *restrict state, int dk, int dv, int steps,
                 const float *q, const float *k, size_t qk_stride,
@@ -29,7 +75,9 @@ void delta_body(float *restrict state, int dk, int dv, int steps,
     float *restrict block = scratch, *restrict saved = scratch + (size_t)dk * ROWS;
     for (int i0 = 0; i0 < dv; i0 += ROWS) {
         const int rows = dv - i0 < ROWS ? dv - i0 : ROWS;
-        for (int r = 0; r < ROWS; r++) {
+        const int whole = rows == ROWS && dk % 16 == 0;   // in-register transposes
+        if (whole) load_rows(state, dk, i0, block);
+        else for (int r = 0; r < ROWS; r++) {
             const float *src = state + (size_t)(i0 + r) * dk;
             if (r < rows) for (int j = 0; j < dk; j++) block[(size_t)j * ROWS + r] = src[j];
             else for (int j = 0; j < dk; j++) block[(size_t)j * ROWS + r] = 0;
@@ -67,7 +115,8 @@ void delta_body(float *restrict state, int dk, int dv, int steps,
             memcpy(yt, lanes, sizeof(float) * (size_t)rows);
             if (!keepStep) memcpy(block, saved, sizeof(float) * (size_t)dk * ROWS);
         }
-        for (int r = 0; r < rows; r++) {
+        if (whole) store_rows(state, dk, i0, block);
+        else for (int r = 0; r < rows; r++) {
             float *dst = state + (size_t)(i0 + r) * dk;
             for (int j = 0; j < dk; j++) dst[j] = block[(size_t)j * ROWS + r];
         }
