@@ -18,10 +18,16 @@ internal import ParityKernels
 // benchmarks: QWEN_PARITY_GEMM=openblas.
 
 public enum MatrixProduct {
-    public enum Backend: String, Sendable { case sequential, openblas }
+    /// `fma`: the in-order kernel with one fused multiply-add per step (benchmark only: row-count
+    /// independent like the default, but not the reference BLAS's arithmetic, so not mlx's bits).
+    public enum Backend: String, Sendable { case sequential, openblas, fma }
 
     public static let backend: Backend = {
-        ProcessInfo.processInfo.environment["QWEN_PARITY_GEMM"].flatMap(Backend.init(rawValue:)) ?? .sequential
+        let chosen = ProcessInfo.processInfo.environment["QWEN_PARITY_GEMM"].flatMap(Backend.init(rawValue:)) ?? .sequential
+        if chosen == .fma && pk_set_fused(1) == 0 {
+            fatalError("QWEN_PARITY_GEMM=fma: this CPU has no fused kernel (AVX-512F or AVX2 with FMA)")
+        }
+        return chosen
     }()
 
     /// Threads the in-order kernel splits output columns across: QWEN_PARITY_THREADS, or every
@@ -69,7 +75,7 @@ public enum MatrixProduct {
         case .openblas:
             cblas_sgemm(CblasRowMajor, CblasNoTrans, transposedB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
                         1, a, Int32(k), b, Int32(transposedB ? k : n), 0, c, Int32(n))
-        case .sequential:
+        case .sequential, .fma:
             PackedPanels(b, n: n, k: k, transposed: transposedB).product(a, m: m, into: c)
         }
     }
@@ -104,6 +110,7 @@ struct PackedPanels: Sendable {
     /// when the product is large enough to pay for it.
     func product(_ a: UnsafePointer<Float>, m: Int, into c: UnsafeMutablePointer<Float>) {
         guard m > 0, n > 0 else { return }
+        _ = MatrixProduct.backend   // QWEN_PARITY_GEMM=fma selects the fused kernel when first read
         guard k > 0 else { c.update(repeating: 0, count: m * n); return }
         let packedCount = pk_packed_a_count(Int32(m), Int32(k))
         let packedA = [Float](unsafeUninitializedCapacity: packedCount) { buffer, initialized in
@@ -139,7 +146,7 @@ public struct LinearWeight: Sendable {
         inputs = weight.shape[1]
         self.backend = backend
         switch backend {
-        case .sequential:
+        case .sequential, .fma:
             let (n, k) = (outputs, inputs)
             panels = weight.data.withUnsafeBufferPointer { PackedPanels($0.baseAddress!, n: n, k: k, transposed: true) }
             rowMajor = nil

@@ -63,6 +63,13 @@ const char *pk_kernel_name(void);
 /// Selects a kernel by name (tests and measurements); returns 0 when the CPU lacks it.
 int pk_select_kernel(const char *name);
 
+/// Benchmark only, never for parity: with `on`, every pk_gemm of the process runs a fused
+/// multiply-add form of the selected kernel (AVX-512F or AVX2 with FMA): still in order over k,
+/// still independent of row counts and thread splits, but one rounding per step instead of the
+/// reference BLAS's two, so results differ from mlx's. Returns 0 when the CPU has no such form.
+int pk_set_fused(int on);
+int pk_fused(void);
+
 #ifdef __cplusplus
 }
 #endif
