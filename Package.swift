@@ -59,6 +59,6 @@ let package = Package(
         .testTarget(name: "ReliabilityTests", dependencies: ["GoldenIO", "ParityEngine"]),
         // Test-only: one AtomicFile.write, for the kill test to SIGKILL part-way.
         .executableTarget(name: "atomic-write-probe", dependencies: ["ParityEngine"], path: "Tests/AtomicWriteProbe"),
-        .testTarget(name: "ParityBenchTests", dependencies: ["ParityBench", "ParityCore"]),
+        .testTarget(name: "ParityBenchTests", dependencies: ["ParityBench", "ParityCore", "ParityTensor", "VLMMirror", "TestSupport"]),
     ]
 )
