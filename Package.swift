@@ -37,7 +37,7 @@ let package = Package(
         // Scenarios, invariants, tolerances, reports, golden provenance.
         .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror", "VLMMirror", "UnifiedModel", "Checkpoint"]),
         // Side-by-side benchmark: the Swift mirror against the Python peers, each in its own process.
-        .target(name: "ParityBench", dependencies: ["ParityEngine", "LMMirror", "ParityCore", "ParityTensor", "GoldenIO"]),
+        .target(name: "ParityBench", dependencies: ["ParityEngine", "LMMirror", "VLMMirror", "ParityCore", "ParityTensor", "GoldenIO"]),
         // Command-line commands (the executable only calls into this).
         .target(name: "ParityCLI", dependencies: [
             "ParityEngine", "ParityBench",
@@ -59,6 +59,6 @@ let package = Package(
         .testTarget(name: "ReliabilityTests", dependencies: ["GoldenIO", "ParityEngine"]),
         // Test-only: one AtomicFile.write, for the kill test to SIGKILL part-way.
         .executableTarget(name: "atomic-write-probe", dependencies: ["ParityEngine"], path: "Tests/AtomicWriteProbe"),
-        .testTarget(name: "ParityBenchTests", dependencies: ["ParityBench", "ParityCore"]),
+        .testTarget(name: "ParityBenchTests", dependencies: ["ParityBench", "ParityCore", "ParityTensor", "VLMMirror", "TestSupport"]),
     ]
 )

@@ -56,8 +56,11 @@ struct GatedDeltaNet {
             c.convState = nextConvState(convInput, lengths: c.lengths, steps: S)
             cache = c
         }
-        // conv_out is traced before silu: what mlx-lm's conv1d module returns.
-        let convOut = trace.tap("conv_out", depthwiseConv(convInput, steps: S)).map(Activation.silu)   // [B, S, Cc]
+        // conv_out is traced before silu: what mlx-lm's conv1d module returns. Untraced, the
+        // convolution and silu run fused in ParityKernels (the same sums and the same silu bits).
+        let convOut = trace.isActive
+            ? trace.tap("conv_out", depthwiseConv(convInput, steps: S)).map(Activation.silu)
+            : depthwiseConvSilu(convInput, steps: S)   // [B, S, Cc]
 
         // Split channels into q ‖ k ‖ v and l2-normalise q and k (the dk^-½ readout scale folded into q).
         let inverseScale = 1 / Double(dk).squareRoot()
@@ -79,6 +82,7 @@ struct GatedDeltaNet {
         g = trace.tap("g", g)
 
         var recurrent = cache?.recurrentState ?? Tensor(zeros: [B, Hv, dv, dk])
+        cache?.recurrentState = nil   // the local copy is then the only one and is stepped in place
         let y = trace.tap("core_out", deltaRule(q: q, k: k, v: v, g: g, beta: beta, state: &recurrent, mask: mask))   // [B, S, Hv, dv]
         recurrent = trace.tap("final_state", recurrent)
         if var c = cache {
@@ -91,7 +95,7 @@ struct GatedDeltaNet {
 
         // Gated RMSNorm per value head: norm(y)·w, then silu(z) times it in float32.
         var gatedOut = y.rmsNorm(weight: normWeight, eps: eps)      // [B, S, Hv, dv]; z is [B, S, Vd]
-        for i in gatedOut.data.indices { gatedOut.data[i] = Activation.silu(z.data[i]) * gatedOut.data[i] }
+        gatedOut.data = Activation.siluTimes(z.data, gatedOut.data)
         gatedOut = trace.tap("gated_norm_out", gatedOut)
         return trace.tap("out_proj", gatedOut.reshaped([B, S, Hv * dv]).linear(outProj))
     }
@@ -112,7 +116,19 @@ struct GatedDeltaNet {
     /// `out[t, c] = silu(Σ_j in[t + j, c] · w[c, j])`: cross-correlation, no kernel flip, summed
     /// over j in order (ParityKernels, vectorised across channels).
     func depthwiseConvSilu(_ input: Tensor, steps S: Int) -> Tensor {
-        depthwiseConv(input, steps: S).map(Activation.silu)
+        let (B, span, Cc) = (input.shape[0], input.shape[1], input.shape[2])
+        let out = [Float](unsafeUninitializedCapacity: B * S * Cc) { buffer, initialized in
+            input.data.withUnsafeBufferPointer { x in
+                convWeightByTap.withUnsafeBufferPointer { w in
+                    for b in 0..<B {
+                        pk_conv_silu(x.baseAddress! + b * span * Cc, w.baseAddress!, buffer.baseAddress! + b * S * Cc,
+                                     Int32(S), Int32(Cc), Int32(kernel))
+                    }
+                }
+            }
+            initialized = B * S * Cc
+        }
+        return Tensor(shape: [B, S, Cc], data: out)
     }
 
     /// `out[t, c] = Σ_j in[t + j, c] · w[c, j]`, summed in order in float32.

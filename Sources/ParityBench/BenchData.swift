@@ -4,6 +4,7 @@ import LMMirror
 import ParityCore
 import ParityEngine
 import ParityTensor
+import VLMMirror
 
 // The benchmark's shared data: one HDF5 file in the golden layout (written by
 // `tools/bench.py weights`) holding the config, random runtime weights and a prompt.
@@ -26,8 +27,10 @@ public final class BenchData {
     public let prompt: [Int]
     /// Float32 bytes of every weight in the file.
     public let weightBytes: Int
+    public let path: String
 
     public init(path: String) throws {
+        self.path = path
         golden = try GoldenFile(path: path)
         prompt = try golden.promptTokens().first ?? []
         // Strict, as Weights is: every expected tensor present with its shape, nothing extra.
@@ -55,6 +58,33 @@ public final class BenchData {
         return model
     }
 }
+
+extension BenchData {
+    /// The vlm mirror's language model over weights read on demand (`Weights(names:source:load:)`):
+    /// each projection is read, packed and dropped; the model keeps what it keeps.
+    public func vlmModel() throws -> VLMTextModel {
+        let stream = StreamingWeights(golden)
+        let names = WeightNames.expected(for: golden.config).map(\.name)
+        // The vlm mirror reads the (tied) embedding twice, for its rows and for the lm head: the
+        // first read is kept, so both share one copy instead of reading 1 GB again.
+        let box = UncheckedBox(value: (stream, EmbeddingMemo()))
+        let weights = Weights(names: names, source: path) { name in
+            let (stream, memo) = box.value
+            guard name == WeightNames.embedTokens else { return stream[name] }
+            if let kept = memo.tensor { return kept }
+            memo.tensor = stream[name]
+            return memo.tensor!
+        }
+        let model = VLMTextModel(config: golden.config, weights: weights)
+        if let error = stream.firstError { throw error }
+        return model
+    }
+}
+
+private final class EmbeddingMemo { var tensor: Tensor? }
+
+/// The streaming reader crosses into `Weights`' loader, which runs on the constructing thread only.
+private struct UncheckedBox<T>: @unchecked Sendable { let value: T }
 
 /// Reads each weight from the file when the model's constructor asks for it. Names and shapes
 /// were validated when the file was opened; a read that still fails (or finds a NaN) is kept and

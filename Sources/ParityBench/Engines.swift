@@ -7,8 +7,12 @@ import ParityTensor
 public enum EngineKind: String, CaseIterable, Sendable {
     /// The lm mirror with the default in-order kernel: bit-exact against mlx-lm.
     case swiftLM = "swift-lm"
+    /// The vlm mirror's language model on the text path (get_rope_index positions, chunked scan).
+    case swiftVLM = "swift-vlm"
     /// The lm mirror with OpenBLAS sgemm (QWEN_PARITY_GEMM=openblas): fast, not row-invariant.
     case swiftLMOpenBLAS = "swift-lm-openblas"
+    /// The lm mirror with the in-order FMA kernel (QWEN_PARITY_GEMM=fma): row-invariant, not exact.
+    case swiftLMFMA = "swift-lm-fma"
     /// mlx-lm on the MLX CPU backend as the wheel installs it (its bundled reference BLAS).
     case mlx
     /// mlx-lm with Debian's OpenBLAS preloaded in place of the wheel's reference BLAS.
@@ -16,11 +20,11 @@ public enum EngineKind: String, CaseIterable, Sendable {
     /// transformers' Qwen 3.5 on torch CPU.
     case torch
 
-    public var isSwift: Bool { self == .swiftLM || self == .swiftLMOpenBLAS }
+    public var isSwift: Bool { [.swiftLM, .swiftVLM, .swiftLMOpenBLAS, .swiftLMFMA].contains(self) }
     public var usesOpenBLASCore: Bool { self == .swiftLMOpenBLAS || self == .mlxOpenBLAS }
 
     /// The default line-up: the exact Swift path against every peer, then the fast mode.
-    public static let defaults: [EngineKind] = [.swiftLM, .swiftLMOpenBLAS, .mlx, .mlxOpenBLAS, .torch]
+    public static let defaults: [EngineKind] = [.swiftLM, .swiftVLM, .swiftLMOpenBLAS, .swiftLMFMA, .mlx, .mlxOpenBLAS, .torch]
 }
 
 public struct BenchOptions: Sendable {
@@ -41,17 +45,21 @@ public struct BenchOptions: Sendable {
 public enum SwiftEngine {
     /// Runs inside `qwen-parity bench-engine`: loads the mirror and times it in this process.
     public static func run(_ kind: EngineKind, options: BenchOptions, log: (String) -> Void) throws -> EngineResult {
-        let wanted: MatrixProduct.Backend = kind == .swiftLMOpenBLAS ? .openblas : .sequential
+        let wanted: MatrixProduct.Backend = kind == .swiftLMOpenBLAS ? .openblas : kind == .swiftLMFMA ? .fma : .sequential
         guard MatrixProduct.backend == wanted else {
             throw BenchError.engine("\(kind.rawValue) needs QWEN_PARITY_GEMM=\(wanted.rawValue); this process runs \(MatrixProduct.backend.rawValue)")
         }
         let data = try BenchData(path: options.dataPath)
         var model: BenchModel?
-        let load = try Measurement.seconds { model = try data.lmModel() }
-        let gemm = wanted == .sequential
-            ? "in-order kernel (\(MatrixProduct.kernelName), \(MatrixProduct.threads) threads)"
-            : "OpenBLAS sgemm (\(MatrixProduct.openBLASCore), \(MatrixProduct.openBLASThreads) threads)"
-        var result = EngineResult(engine: kind.rawValue, description: "Swift lm mirror, \(gemm)")
+        let load = try Measurement.seconds { model = kind == .swiftVLM ? try data.vlmModel() : try data.lmModel() }
+        let gemm: String
+        switch wanted {
+        case .sequential: gemm = "in-order kernel (\(MatrixProduct.kernelName), \(MatrixProduct.threads) threads)"
+        case .fma: gemm = "in-order FMA kernel, not exact (\(MatrixProduct.kernelName)+fma, \(MatrixProduct.threads) threads)"
+        case .openblas: gemm = "OpenBLAS sgemm (\(MatrixProduct.openBLASCore), \(MatrixProduct.openBLASThreads) threads)"
+        }
+        let mirror = kind == .swiftVLM ? "vlm" : "lm"
+        var result = EngineResult(engine: kind.rawValue, description: "Swift \(mirror) mirror, \(gemm)")
         log(String(format: "%@: %@; loaded in %.1f s", kind.rawValue, result.description!, load))
         let measured = try Measurement.run(model!, prompt: data.prompt, plan: options.plan, name: kind.rawValue, log: log)
         result.prefill = measured.prefill
@@ -92,6 +100,7 @@ public enum BenchRunner {
         if kind.usesOpenBLASCore, let core = options.openBLASCore { env["OPENBLAS_CORETYPE"] = core }
         switch kind {
         case .swiftLMOpenBLAS: env["QWEN_PARITY_GEMM"] = "openblas"
+        case .swiftLMFMA: env["QWEN_PARITY_GEMM"] = "fma"
         case .mlxOpenBLAS: env["LD_PRELOAD"] = options.openBLASLibrary
         default: break
         }

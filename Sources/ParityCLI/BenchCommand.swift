@@ -112,7 +112,7 @@ public struct BenchEngine: ParsableCommand {
         abstract: "Time one Swift engine in this process and print its result as a JSON line (used by 'bench').",
         shouldDisplay: false)
 
-    @Argument(help: "swift-lm or swift-lm-openblas.")
+    @Argument(help: "swift-lm, swift-vlm, swift-lm-openblas or swift-lm-fma.")
     var engine: String
 
     @OptionGroup var plan: BenchPlanOptions
@@ -121,7 +121,7 @@ public struct BenchEngine: ParsableCommand {
 
     public func run() throws {
         guard let kind = EngineKind(rawValue: engine), kind.isSwift else {
-            throw ValidationError("bench-engine runs swift-lm or swift-lm-openblas, not '\(engine)'")
+            throw ValidationError("bench-engine runs swift-lm, swift-vlm, swift-lm-openblas or swift-lm-fma, not '\(engine)'")
         }
         var options = BenchOptions()
         options.dataPath = plan.data

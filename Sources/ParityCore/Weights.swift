@@ -25,6 +25,9 @@ public enum WeightError: Error, CustomStringConvertible, Equatable {
 /// every provided tensor used, every value finite.
 public struct Weights: Sendable {
     private let tensors: [String: Tensor]
+    /// Set for weights read on demand (`init(names:source:load:)`): nothing is held but the packs.
+    private let loader: (@Sendable (String) -> Tensor)?
+    private let loadedNames: [String]
     /// Packed projections, shared by every copy of this value (see `linear`).
     private let packs = LinearPacks()
 
@@ -43,15 +46,31 @@ public struct Weights: Sendable {
         let extra = provided.keys.filter { !known.contains($0) }.sorted()
         guard extra.isEmpty else { throw WeightError.unexpected(source: source, names: extra) }
         tensors = provided
+        loader = nil
+        loadedNames = []
+    }
+
+    /// Weights read when a model's constructor asks for them, never held here: a model built from
+    /// them keeps only what it keeps (packed projections, small tensors), so a large checkpoint is
+    /// not held twice while it loads. The caller has checked that `names` are exactly the
+    /// expected ones with their shapes; `load` returns the tensor of a name, finite, or stops.
+    public init(names: [String], source: String, load: @escaping @Sendable (String) -> Tensor) {
+        tensors = [:]
+        loader = load
+        loadedNames = names.sorted()
     }
 
     /// The tensor named `name`; names come from `WeightNames`, so a miss is a programming error.
     public subscript(_ name: String) -> Tensor {
+        if let loader {
+            precondition(loadedNames.contains(name), "[Weights] '\(name)' was not validated")
+            return loader(name)
+        }
         guard let t = tensors[name] else { preconditionFailure("[Weights] '\(name)' was not validated") }
         return t
     }
 
-    public var names: [String] { tensors.keys.sorted() }
+    public var names: [String] { loader == nil ? tensors.keys.sorted() : loadedNames }
 
     /// The projection `name` (`[N, K]`) packed for `x Wᵀ`, packed once and shared: every model built
     /// from these weights (the lm and vlm mirrors inside the unified model) holds the same copy.

@@ -63,9 +63,11 @@ void pk_pack_a(const float *a, int m, int k, int lda, float *packed) {
 // While a tile runs, it asks for its share of the next panel of B (`pf_lines` cache lines from
 // `pf`, `pf_step` per k step) to be brought into L2, so the next panel's first tile does not
 // wait on memory. Prefetches change no value.
+// `fused` (a constant in every instantiation) selects the benchmark-only FMA form: each step is
+// one fused multiply-add, still in order over k (see pk_set_fused); otherwise never fused.
 static inline __attribute__((always_inline))
 void tile(const int mr, int k, const float *restrict at, const float *restrict bp,
-          float *restrict c, int ldc, int cols, const char *pf, int pf_lines, int pf_step) {
+          float *restrict c, int ldc, int cols, const char *pf, int pf_lines, int pf_step, const int fused) {
     v16 acc[PK_TILE_ROWS][VECTORS];
     for (int i = 0; i < mr; i++)
         for (int v = 0; v < VECTORS; v++) acc[i][v] = (v16){0};
@@ -77,6 +79,14 @@ void tile(const int mr, int k, const float *restrict at, const float *restrict b
         const float *ar = at + (size_t)q * PK_TILE_ROWS;
         for (int i = 0; i < mr; i++) {
             const float s = ar[i];
+            if (fused) {
+                const v16 sv = {s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+                acc[i][0] = __builtin_elementwise_fma(b0, sv, acc[i][0]);
+                acc[i][1] = __builtin_elementwise_fma(b1, sv, acc[i][1]);
+                acc[i][2] = __builtin_elementwise_fma(b2, sv, acc[i][2]);
+                acc[i][3] = __builtin_elementwise_fma(b3, sv, acc[i][3]);
+                continue;
+            }
             const v16 p0 = b0 * s, p1 = b1 * s, p2 = b2 * s, p3 = b3 * s;
             acc[i][0] = acc[i][0] + p0;
             acc[i][1] = acc[i][1] + p1;
@@ -100,7 +110,7 @@ void tile(const int mr, int k, const float *restrict at, const float *restrict b
 // the row tiles of one panel share the prefetch of the next panel between them.
 static inline __attribute__((always_inline))
 void gemm_body(const float *packed_a, const float *packed_b, float *c, int ldc,
-               int m, int n, int k, int first_panel, int panel_count) {
+               int m, int n, int k, int first_panel, int panel_count, const int fused) {
     const int tiles = (m + PK_TILE_ROWS - 1) / PK_TILE_ROWS;
     const int panel_lines = k * PK_PANEL * (int)sizeof(float) / 64;
     const int share = (panel_lines + tiles - 1) / tiles;          // lines each tile prefetches
@@ -117,12 +127,12 @@ void gemm_body(const float *packed_a, const float *packed_b, float *c, int ldc,
                 : (panel_lines - first_line < share ? panel_lines - first_line : share);
             const char *pf = next ? next + (size_t)first_line * 64 : 0;
             switch (m - r0 < PK_TILE_ROWS ? m - r0 : PK_TILE_ROWS) {
-            case 6: tile(6, k, at, bp, ct, ldc, cols, pf, lines, step); break;
-            case 5: tile(5, k, at, bp, ct, ldc, cols, pf, lines, step); break;
-            case 4: tile(4, k, at, bp, ct, ldc, cols, pf, lines, step); break;
-            case 3: tile(3, k, at, bp, ct, ldc, cols, pf, lines, step); break;
-            case 2: tile(2, k, at, bp, ct, ldc, cols, pf, lines, step); break;
-            default: tile(1, k, at, bp, ct, ldc, cols, pf, lines, step); break;
+            case 6: tile(6, k, at, bp, ct, ldc, cols, pf, lines, step, fused); break;
+            case 5: tile(5, k, at, bp, ct, ldc, cols, pf, lines, step, fused); break;
+            case 4: tile(4, k, at, bp, ct, ldc, cols, pf, lines, step, fused); break;
+            case 3: tile(3, k, at, bp, ct, ldc, cols, pf, lines, step, fused); break;
+            case 2: tile(2, k, at, bp, ct, ldc, cols, pf, lines, step, fused); break;
+            default: tile(1, k, at, bp, ct, ldc, cols, pf, lines, step, fused); break;
             }
         }
     }
@@ -132,7 +142,7 @@ typedef void (*gemm_fn)(const float *, const float *, float *, int, int, int, in
 
 static void gemm_generic(const float *a, const float *b, float *c, int ldc, int m, int n, int k,
                          int first, int count) {
-    gemm_body(a, b, c, ldc, m, n, k, first, count);
+    gemm_body(a, b, c, ldc, m, n, k, first, count, 0);
 }
 
 #if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
@@ -140,13 +150,25 @@ static void gemm_generic(const float *a, const float *b, float *c, int ldc, int 
 __attribute__((target("avx512f")))
 static void gemm_avx512(const float *a, const float *b, float *c, int ldc, int m, int n, int k,
                         int first, int count) {
-    gemm_body(a, b, c, ldc, m, n, k, first, count);
+    gemm_body(a, b, c, ldc, m, n, k, first, count, 0);
+}
+
+__attribute__((target("avx512f,fma")))
+static void gemm_avx512_fma(const float *a, const float *b, float *c, int ldc, int m, int n, int k,
+                            int first, int count) {
+    gemm_body(a, b, c, ldc, m, n, k, first, count, 1);
 }
 
 __attribute__((target("avx2")))
 static void gemm_avx2(const float *a, const float *b, float *c, int ldc, int m, int n, int k,
                       int first, int count) {
-    gemm_body(a, b, c, ldc, m, n, k, first, count);
+    gemm_body(a, b, c, ldc, m, n, k, first, count, 0);
+}
+
+__attribute__((target("avx2,fma")))
+static void gemm_avx2_fma(const float *a, const float *b, float *c, int ldc, int m, int n, int k,
+                          int first, int count) {
+    gemm_body(a, b, c, ldc, m, n, k, first, count, 1);
 }
 #endif
 
@@ -175,6 +197,22 @@ static void select_default(void) {
     pk_select_kernel("generic");
 }
 
+static gemm_fn fused_kernel = 0;
+
+int pk_set_fused(int on) {
+    if (!selected) select_default();
+    if (!on) { fused_kernel = 0; return 1; }
+#ifdef PK_HAVE_X86
+    if (__builtin_cpu_supports("fma")) {
+        if (selected == gemm_avx512) { fused_kernel = gemm_avx512_fma; return 1; }
+        if (selected == gemm_avx2) { fused_kernel = gemm_avx2_fma; return 1; }
+    }
+#endif
+    return 0;
+}
+
+int pk_fused(void) { return fused_kernel != 0; }
+
 const char *pk_kernel_name(void) {
     if (!selected) select_default();
     return selected_name;
@@ -183,5 +221,28 @@ const char *pk_kernel_name(void) {
 void pk_gemm(const float *packed_a, const float *packed_b, float *c, int ldc,
              int m, int n, int k, int first_panel, int panel_count) {
     if (!selected) select_default();
-    selected(packed_a, packed_b, c, ldc, m, n, k, first_panel, panel_count);
+    (fused_kernel ? fused_kernel : selected)(packed_a, packed_b, c, ldc, m, n, k, first_panel, panel_count);
+}
+
+typedef struct {
+    const float *a, *b;
+    float *c;
+    int ldc, m, n, k, panels, tasks;
+} gemm_job;
+
+static void gemm_task(void *ctx, int task) {
+    const gemm_job *j = ctx;
+    const int first = (int)((long)j->panels * task / j->tasks);
+    const int last = (int)((long)j->panels * (task + 1) / j->tasks);
+    if (last > first) pk_gemm(j->a, j->b, j->c, j->ldc, j->m, j->n, j->k, first, last - first);
+}
+
+void pk_gemm_parallel(const float *packed_a, const float *packed_b, float *c, int ldc,
+                      int m, int n, int k, int tasks_per_thread) {
+    const int panels = (n + PK_PANEL - 1) / PK_PANEL;
+    int tasks = pk_pool_threads() * (tasks_per_thread > 0 ? tasks_per_thread : 1);
+    if (tasks > panels) tasks = panels;
+    if (!selected) select_default();
+    gemm_job job = { packed_a, packed_b, c, ldc, m, n, k, panels, tasks };
+    pk_parallel(tasks, gemm_task, &job);
 }

@@ -18,10 +18,16 @@ internal import ParityKernels
 // benchmarks: QWEN_PARITY_GEMM=openblas.
 
 public enum MatrixProduct {
-    public enum Backend: String, Sendable { case sequential, openblas }
+    /// `fma`: the in-order kernel with one fused multiply-add per step (benchmark only: row-count
+    /// independent like the default, but not the reference BLAS's arithmetic, so not mlx's bits).
+    public enum Backend: String, Sendable { case sequential, openblas, fma }
 
     public static let backend: Backend = {
-        ProcessInfo.processInfo.environment["QWEN_PARITY_GEMM"].flatMap(Backend.init(rawValue:)) ?? .sequential
+        let chosen = ProcessInfo.processInfo.environment["QWEN_PARITY_GEMM"].flatMap(Backend.init(rawValue:)) ?? .sequential
+        if chosen == .fma && pk_set_fused(1) == 0 {
+            fatalError("QWEN_PARITY_GEMM=fma: this CPU has no fused kernel (AVX-512F or AVX2 with FMA)")
+        }
+        return chosen
     }()
 
     /// Threads the in-order kernel splits output columns across: QWEN_PARITY_THREADS, or every
@@ -30,6 +36,10 @@ public enum MatrixProduct {
         if let text = ProcessInfo.processInfo.environment["QWEN_PARITY_THREADS"], let n = Int(text), n > 0 { return n }
         return max(1, ProcessInfo.processInfo.activeProcessorCount)
     }()
+
+    /// Starts the kernels' persistent thread pool with `threads` threads (once; later calls do nothing).
+    public static func startPool() { _ = poolStarted }
+    private static let poolStarted: Void = { pk_pool_start(Int32(threads)) }()
 
     /// The instruction set of the in-order kernel: "avx512f", "avx2" or "generic".
     public static var kernelName: String { String(cString: pk_kernel_name()) }
@@ -65,15 +75,11 @@ public enum MatrixProduct {
         case .openblas:
             cblas_sgemm(CblasRowMajor, CblasNoTrans, transposedB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
                         1, a, Int32(k), b, Int32(transposedB ? k : n), 0, c, Int32(n))
-        case .sequential:
+        case .sequential, .fma:
             PackedPanels(b, n: n, k: k, transposed: transposedB).product(a, m: m, into: c)
         }
     }
 }
-
-/// A pointer that crosses into the worker threads of one product; each thread writes only the
-/// columns it owns.
-private struct SharedPointer<T>: @unchecked Sendable { let value: T }
 
 /// `B [K, N]` packed for the in-order kernel: 64-column panels, each `[K][64]`, zero-padded.
 struct PackedPanels: Sendable {
@@ -104,27 +110,21 @@ struct PackedPanels: Sendable {
     /// when the product is large enough to pay for it.
     func product(_ a: UnsafePointer<Float>, m: Int, into c: UnsafeMutablePointer<Float>) {
         guard m > 0, n > 0 else { return }
+        _ = MatrixProduct.backend   // QWEN_PARITY_GEMM=fma selects the fused kernel when first read
         guard k > 0 else { c.update(repeating: 0, count: m * n); return }
         let packedCount = pk_packed_a_count(Int32(m), Int32(k))
         let packedA = [Float](unsafeUninitializedCapacity: packedCount) { buffer, initialized in
             pk_pack_a(a, Int32(m), Int32(k), Int32(k), buffer.baseAddress!)
             initialized = packedCount
         }
-        let panels = panelCount
-        let parts = min(MatrixProduct.threads, panels)
         packedA.withUnsafeBufferPointer { ap in
             storage.withUnsafeBufferPointer { bp in
                 let (aPointer, bPointer) = (ap.baseAddress!, bp.baseAddress!)
-                if parts <= 1 || m * n * k < 1 << 18 {
-                    pk_gemm(aPointer, bPointer, c, Int32(n), Int32(m), Int32(n), Int32(k), 0, Int32(panels))
-                    return
-                }
-                let shared = SharedPointer(value: (aPointer, bPointer, c))
-                let (m32, n32, k32) = (Int32(m), Int32(n), Int32(k))
-                DispatchQueue.concurrentPerform(iterations: parts) { part in
-                    let (a, b, c) = shared.value
-                    let first = panels * part / parts, last = panels * (part + 1) / parts
-                    pk_gemm(a, b, c, n32, m32, n32, k32, Int32(first), Int32(last - first))
+                if MatrixProduct.threads <= 1 || panelCount <= 1 || m * n * k < 1 << 16 {
+                    pk_gemm(aPointer, bPointer, c, Int32(n), Int32(m), Int32(n), Int32(k), 0, Int32(panelCount))
+                } else {
+                    MatrixProduct.startPool()
+                    pk_gemm_parallel(aPointer, bPointer, c, Int32(n), Int32(m), Int32(n), Int32(k), 4)
                 }
             }
         }
@@ -146,7 +146,7 @@ public struct LinearWeight: Sendable {
         inputs = weight.shape[1]
         self.backend = backend
         switch backend {
-        case .sequential:
+        case .sequential, .fma:
             let (n, k) = (outputs, inputs)
             panels = weight.data.withUnsafeBufferPointer { PackedPanels($0.baseAddress!, n: n, k: k, transposed: true) }
             rowMajor = nil

@@ -37,12 +37,38 @@ void pk_pack_a(const float *a, int m, int k, int lda, float *packed);
 void pk_gemm(const float *packed_a, const float *packed_b, float *c, int ldc,
              int m, int n, int k, int first_panel, int panel_count);
 
+/// One task of a parallel loop: `ctx` is the caller's, `task` in [0, tasks).
+typedef void (*pk_task)(void *ctx, int task);
+
+/// Runs `fn(ctx, i)` for every i in [0, tasks) on the persistent pool (the calling thread takes
+/// tasks too) and returns when all are done. Tasks are taken dynamically, each exactly once.
+/// A call made while another loop runs (nested or from another thread) runs inline.
+void pk_parallel(int tasks, pk_task fn, void *ctx);
+
+/// Starts the pool with `threads` threads in all (the caller included) unless it already runs;
+/// without a call, the first loop starts it from QWEN_PARITY_THREADS (or one thread).
+void pk_pool_start(int threads);
+
+/// Threads of the pool, the caller included.
+int pk_pool_threads(void);
+
+/// `pk_gemm` over every panel, split into about `tasks_per_thread` tasks per pool thread.
+void pk_gemm_parallel(const float *packed_a, const float *packed_b, float *c, int ldc,
+                      int m, int n, int k, int tasks_per_thread);
+
 /// The instruction set the kernel runs with: "avx512f", "avx2" or "generic". Chosen once from
 /// the CPU, or by QWEN_PARITY_KERNEL when that names one the CPU has.
 const char *pk_kernel_name(void);
 
 /// Selects a kernel by name (tests and measurements); returns 0 when the CPU lacks it.
 int pk_select_kernel(const char *name);
+
+/// Benchmark only, never for parity: with `on`, every pk_gemm of the process runs a fused
+/// multiply-add form of the selected kernel (AVX-512F or AVX2 with FMA): still in order over k,
+/// still independent of row counts and thread splits, but one rounding per step instead of the
+/// reference BLAS's two, so results differ from mlx's. Returns 0 when the CPU has no such form.
+int pk_set_fused(int on);
+int pk_fused(void);
 
 #ifdef __cplusplus
 }
@@ -59,15 +85,25 @@ extern "C" {
 /// The sequential gated delta rule of mlx-lm's ops path (gated_delta.py) over `steps` tokens of
 /// one batch row and one value head, in the reference's arithmetic order:
 ///   s = state·g;  kv = Σ_j s·k (in order);  δ = (v − kv)·β;  s = s + k·δ;  y = Σ_j s·q (in order).
-/// `state_t` is the recurrent state transposed, `[dk][dv]`, so every step is elementwise across
-/// dv. Token t reads q/k at `t · qk_stride`, v and writes y at `t · vy_stride`, g and β at
-/// `t · gb_stride`. When `keep` is given and keep[t] == 0 the step still writes y but leaves the
-/// state as it was. `scratch` holds 3·dv floats, plus dk·dv when `keep` is given.
-void pk_gated_delta(float *state_t, int dk, int dv, int steps,
+/// `state` is the recurrent state of the head as the caches hold it, `[dv][dk]`; the kernel works
+/// on blocks of 16 rows copied to `[dk][16]`, elementwise across them. Token t reads q/k at
+/// `t · qk_stride`, v and writes y at `t · vy_stride`, g and β at `t · gb_stride`. When `keep` is
+/// given and keep[t] == 0 the step still writes y but leaves the state as it was. `scratch`
+/// holds `pk_gated_delta_scratch(dk)` floats.
+size_t pk_gated_delta_scratch(int dk);
+void pk_gated_delta(float *state, int dk, int dv, int steps,
                     const float *q, const float *k, size_t qk_stride,
                     const float *v, float *y, size_t vy_stride,
                     const float *g, const float *beta, size_t gb_stride,
                     const unsigned char *keep, float *scratch);
+
+/// `pk_gated_delta` for every (batch row, value head) of one call: state `[B, Hv, dv, dk]`,
+/// q and k `[B, S, Hk, dk]`, v and y `[B, S, Hv, dv]`, g and β `[B, S, Hv]`, keep `[B, S]` or
+/// null. Value head h reads key head h / (Hv / Hk). Heads are independent; with `parallel` they
+/// are spread over the pool.
+void pk_gated_delta_heads(float *state, int batch, int steps, int hk, int dk, int hv, int dv,
+                          const float *q, const float *k, const float *v, float *y,
+                          const float *g, const float *beta, const unsigned char *keep, int parallel);
 
 #ifdef __cplusplus
 }
