@@ -8,6 +8,15 @@ import Testing
 import VLMMirror
 @testable import ParityEngine
 
+/// A temporary copy of a committed golden, edited through GoldenIO; remove its folder when done.
+func editedCopy(of name: String, _ edit: (H5File) throws -> Void) throws -> URL {
+    let copy = try temporaryCopy(of: name)
+    let file = try H5File.open(copy.path, mode: .readWrite)
+    defer { file.close() }
+    try edit(file)
+    return copy
+}
+
 /// Image prompts from pixel values: the committed goldens pass, and a fault anywhere on the way
 /// (a tower weight, a pixel, a grid, the config) is named at the step where it first shows.
 @Suite(.serialized) struct VisionParityTests {
@@ -21,13 +30,8 @@ import VLMMirror
 
     /// Edits a temporary copy of a golden, then checks one scenario of it.
     func reportAfterEditing(_ name: String, _ scenario: String, _ edit: (H5File) throws -> Void) throws -> ScenarioReport {
-        let copy = try temporaryCopy(of: name)
+        let copy = try editedCopy(of: name, edit)
         defer { try? FileManager.default.removeItem(at: copy.deletingLastPathComponent()) }
-        do {
-            let file = try H5File.open(copy.path, mode: .readWrite)
-            defer { file.close() }
-            try edit(file)
-        }
         return try report(copy.path, scenario)
     }
 
@@ -86,15 +90,12 @@ import VLMMirror
     }
 
     @Test func inconsistentGridIsANamedError() throws {
-        let copy = try temporaryCopy(of: "tiny-dense.h5")
-        defer { try? FileManager.default.removeItem(at: copy.deletingLastPathComponent()) }
-        do {
-            let file = try H5File.open(copy.path, mode: .readWrite)
-            defer { file.close() }
+        let copy = try editedCopy(of: "tiny-dense.h5") { file in
             let dataset = "/inputs/vision/image_one/image_grid_thw"
             try file.deleteObject(dataset)
             try file.writeInt32s(dataset, shape: [1, 3], values: [1, 6, 6])   // 36 patches for 48 pixel rows
         }
+        defer { try? FileManager.default.removeItem(at: copy.deletingLastPathComponent()) }
         do {
             _ = try GoldenParity.check(try GoldenFile(path: copy.path), scenarios: ["image_prompt_one"])
             Issue.record("a grid that does not match the pixel rows was accepted")
@@ -105,16 +106,13 @@ import VLMMirror
     }
 
     @Test func visionConfigThatDisagreesWithTheWeightsIsNamed() throws {
-        let copy = try temporaryCopy(of: "tiny-dense.h5")
-        defer { try? FileManager.default.removeItem(at: copy.deletingLastPathComponent()) }
-        do {
-            let file = try H5File.open(copy.path, mode: .readWrite)
-            defer { file.close() }
+        let copy = try editedCopy(of: "tiny-dense.h5") { file in
             let text = try file.stringAttribute("config_json", of: "/vision")
             try file.deleteAttribute("config_json", of: "/vision")
             try file.setAttribute("config_json", string: text.replacingOccurrences(of: "\"intermediate_size\": 48",
                                                                                   with: "\"intermediate_size\": 40"), on: "/vision")
         }
+        defer { try? FileManager.default.removeItem(at: copy.deletingLastPathComponent()) }
         #expect {
             _ = try GoldenParity.check(try GoldenFile(path: copy.path), scenarios: ["image_prompt_one"])
         } throws: { error in
@@ -230,16 +228,13 @@ import VLMMirror
     }
 
     @Test func perturbedPositionTableIsTheFirstDivergence() throws {
-        let copy = try temporaryCopy(of: "tiny-dense.h5")
-        defer { try? FileManager.default.removeItem(at: copy.deletingLastPathComponent()) }
-        do {
-            let file = try H5File.open(copy.path, mode: .readWrite)
-            defer { file.close() }
+        let copy = try editedCopy(of: "tiny-dense.h5") { file in
             let dataset = "/vision/weights/vision_tower.pos_embed.weight"
             var values = try file.readFloats(dataset).values
             values[30] += 0.05
             try file.overwriteFloats(dataset, values: values)
         }
+        defer { try? FileManager.default.removeItem(at: copy.deletingLastPathComponent()) }
         let golden = try GoldenFile(path: copy.path)
         let report = try Diff.run(golden, scenario: "image_prompt_one", sides: try sides(golden))
         #expect(report.first?.item == .vision("pos_embed"))
