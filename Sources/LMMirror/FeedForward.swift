@@ -21,15 +21,25 @@ struct MLP {
         downProj = w.linear(prefix + "down_proj.weight", expert: e)
     }
 
+    /// The dense feed-forward, traced as mlp_gate, mlp_up, mlp_act (its down_proj output is the
+    /// layer's mlp_out, tapped by the caller).
+    func callAsFunction(_ x: Tensor, trace: SubStepTrace) -> Tensor {
+        let gate = trace.tap("mlp_gate", x.linear(gateProj))
+        let up = trace.tap("mlp_up", x.linear(upProj))
+        let hidden = trace.tap("mlp_act", Tensor(shape: gate.shape, data: Activation.siluTimes(gate.data, up.data)))
+        return hidden.linear(downProj)
+    }
+
+    /// An expert or the shared expert: the same maths, not traced step by step.
     func callAsFunction(_ x: Tensor) -> Tensor {
         let gate = x.linear(gateProj)
         let up = x.linear(upProj)
-        let hidden = Tensor(shape: gate.shape, data: Activation.siluTimes(gate.data, up.data))
-        return hidden.linear(downProj)
+        return Tensor(shape: gate.shape, data: Activation.siluTimes(gate.data, up.data)).linear(downProj)
     }
 }
 
-/// Router softmax, top-k experts, optional renormalisation, plus a sigmoid-gated shared expert.
+/// Router softmax, top-k experts in argpartition's order, optional renormalisation, plus a
+/// sigmoid-gated shared expert.
 struct SparseMoE {
     let router: LinearWeight           // [E, D]
     let experts: [MLP]
@@ -48,37 +58,55 @@ struct SparseMoE {
         normalizeTopK = c.normTopkProb
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        let D = x.lastDim, N = x.rows
-        let probabilities = x.linear(router).softmax()                 // [.., E]
+    func callAsFunction(_ x: Tensor, trace: SubStepTrace) -> Tensor {
+        let D = x.lastDim, N = x.rows, k = topK
+        let tokenShape = Array(x.shape.dropLast())
+        let logits = trace.tap("router_logits", x.linear(router))                   // [.., E]
+        let probabilities = trace.tap("router_probs", logits.softmax())
         let E = probabilities.lastDim
-        let shared = sharedExpert(x)
-        let sharedGate = x.linear(sharedExpertGate)                   // [.., 1]
-        var out = [Float](repeating: 0, count: N * D)
+        // argpartition(p, kth: -k)[..., -k:], then take_along_axis and the optional p / Σp.
+        var chosen = [Float](repeating: 0, count: N * k)
+        var scores = [Float](repeating: 0, count: N * k)
         for n in 0..<N {
             let p = Array(probabilities.data[(n * E)..<((n + 1) * E)])
-            let chosen = topKIndices(p, k: topK)
-            var scores = chosen.map { p[$0] }
-            if normalizeTopK {
-                var total: Float = 0
-                for s in scores { total += s }
-                scores = scores.map { $0 / total }
+            let top = ArgPartition.topK(p, k: k)
+            var total: Float = 0
+            for (j, e) in top.enumerated() {
+                chosen[n * k + j] = Float(e)
+                scores[n * k + j] = p[e]
+                total += p[e]
             }
+            if normalizeTopK { for j in 0..<k { scores[n * k + j] /= total } }
+        }
+        let indices = trace.tap("topk_indices", Tensor(shape: tokenShape + [k], data: chosen))
+        let weights = trace.tap("topk_weights", Tensor(shape: tokenShape + [k], data: scores))
+        var outputs = [Float](repeating: 0, count: N * k * D)
+        for n in 0..<N {
             let token = Tensor(shape: [1, D], data: Array(x.data[(n * D)..<((n + 1) * D)]))
-            var mixed = [Float](repeating: 0, count: D)
-            for (j, e) in chosen.enumerated() {
-                let y = experts[e](token)
-                for d in 0..<D { mixed[d] += y.data[d] * scores[j] }
+            for j in 0..<k {
+                let y = experts[Int(indices.data[n * k + j])](token)
+                outputs.replaceSubrange((n * k + j) * D..<(n * k + j + 1) * D, with: y.data)
             }
-            let gate = Activation.sigmoid(sharedGate.data[n])
-            for d in 0..<D { out[n * D + d] = mixed[d] + gate * shared.data[n * D + d] }
+        }
+        let expertOutputs = trace.tap("experts_out", Tensor(shape: tokenShape + [k, D], data: outputs))
+        // (y · scores).sum(axis: -2): products first, then summed over k in order from zero.
+        var routed = [Float](repeating: 0, count: N * D)
+        for n in 0..<N {
+            for j in 0..<k {
+                let s = weights.data[n * k + j], base = (n * k + j) * D
+                for d in 0..<D { routed[n * D + d] += expertOutputs.data[base + d] * s }
+            }
+        }
+        let routedOut = trace.tap("routed_out", Tensor(shape: x.shape, data: routed))
+        let shared = trace.tap("shared_out", sharedExpert(x))
+        var gate = x.linear(sharedExpertGate)                                        // [.., 1]
+        for i in gate.data.indices { gate.data[i] = Activation.sigmoid(gate.data[i]) }
+        gate = trace.tap("shared_gate", gate)
+        var out = [Float](repeating: 0, count: N * D)
+        for n in 0..<N {
+            for d in 0..<D { out[n * D + d] = routedOut.data[n * D + d] + gate.data[n] * shared.data[n * D + d] }
         }
         return Tensor(shape: x.shape, data: out)
-    }
-
-    /// The `k` largest probabilities; ties go to the lower index.
-    private func topKIndices(_ p: [Float], k: Int) -> [Int] {
-        Array(p.indices.sorted { p[$0] != p[$1] ? p[$0] > p[$1] : $0 < $1 }.prefix(k))
     }
 }
 
@@ -86,10 +114,10 @@ enum FeedForward {
     case dense(MLP)
     case moe(SparseMoE)
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
+    func callAsFunction(_ x: Tensor, trace: SubStepTrace) -> Tensor {
         switch self {
-        case .dense(let mlp): return mlp(x)
-        case .moe(let moe): return moe(x)
+        case .dense(let mlp): return mlp(x, trace: trace)
+        case .moe(let moe): return moe(x, trace: trace)
         }
     }
 }

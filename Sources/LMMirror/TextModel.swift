@@ -49,7 +49,8 @@ struct DecoderLayer {
             if let c { cache = .attention(c) }
         }
         let h = x + mixed
-        return h + steps.tap("mlp_out", feedForward(h.rmsNorm(weight: postAttentionNorm, eps: eps)))
+        let ffnInput = steps.tap("post_norm", h.rmsNorm(weight: postAttentionNorm, eps: eps))
+        return h + steps.tap("mlp_out", feedForward(ffnInput, trace: steps))
     }
 }
 

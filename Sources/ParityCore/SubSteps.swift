@@ -33,7 +33,6 @@ public enum SubSteps {
         SubStep(name: "final_state", timeAxis: nil, shape: "[B, Hv, dv, dk]", meaning: "recurrent state after the call"),
         SubStep(name: "gated_norm_out", timeAxis: 1, shape: "[B, L, Hv, dv]", meaning: "RMSNormGated(core_out, z)"),
         SubStep(name: "out_proj", timeAxis: 1, shape: "[B, L, D]", meaning: "out_proj: the mixer's output"),
-        SubStep(name: "mlp_out", timeAxis: 1, shape: "[B, L, D]", meaning: "feed-forward output"),
     ]
 
     /// Gated full-attention layer, in computation order.
@@ -50,11 +49,34 @@ public enum SubSteps {
         SubStep(name: "sdpa", timeAxis: 2, shape: "[B, H, L, hd]", meaning: "scaled dot-product attention"),
         SubStep(name: "gated", timeAxis: 1, shape: "[B, L, H·hd]", meaning: "sdpa ⊙ sigmoid(gate), o_proj input"),
         SubStep(name: "o_proj", timeAxis: 1, shape: "[B, L, D]", meaning: "o_proj: the mixer's output"),
-        SubStep(name: "mlp_out", timeAxis: 1, shape: "[B, L, D]", meaning: "feed-forward output"),
     ]
 
-    public static func catalogue(for kind: LayerKind) -> [SubStep] {
-        kind == .linearAttention ? deltaNet : attention
+    /// Dense feed-forward (SwiGLU), after the mixer's residual. I intermediate.
+    public static let denseFeedForward: [SubStep] = [
+        SubStep(name: "post_norm", timeAxis: 1, shape: "[B, L, D]", meaning: "post_attention_layernorm: the feed-forward input"),
+        SubStep(name: "mlp_gate", timeAxis: 1, shape: "[B, L, I]", meaning: "gate_proj"),
+        SubStep(name: "mlp_up", timeAxis: 1, shape: "[B, L, I]", meaning: "up_proj"),
+        SubStep(name: "mlp_act", timeAxis: 1, shape: "[B, L, I]", meaning: "silu(gate)·up, the down_proj input"),
+        SubStep(name: "mlp_out", timeAxis: 1, shape: "[B, L, D]", meaning: "down_proj: the feed-forward output"),
+    ]
+
+    /// Sparse MoE feed-forward. E experts, k experts per token, in the order argpartition leaves them.
+    public static let moeFeedForward: [SubStep] = [
+        SubStep(name: "post_norm", timeAxis: 1, shape: "[B, L, D]", meaning: "post_attention_layernorm: the feed-forward input"),
+        SubStep(name: "router_logits", timeAxis: 1, shape: "[B, L, E]", meaning: "router (mlp.gate) output"),
+        SubStep(name: "router_probs", timeAxis: 1, shape: "[B, L, E]", meaning: "softmax of the router logits"),
+        SubStep(name: "topk_indices", timeAxis: 1, shape: "[B, L, k]", meaning: "chosen experts, argpartition's last k"),
+        SubStep(name: "topk_weights", timeAxis: 1, shape: "[B, L, k]", meaning: "their probabilities, renormalised when norm_topk_prob"),
+        SubStep(name: "experts_out", timeAxis: 1, shape: "[B, L, k, D]", meaning: "each chosen expert's output (switch_mlp)"),
+        SubStep(name: "routed_out", timeAxis: 1, shape: "[B, L, D]", meaning: "Σ over k of weight · expert output"),
+        SubStep(name: "shared_out", timeAxis: 1, shape: "[B, L, D]", meaning: "shared expert output, before its gate"),
+        SubStep(name: "shared_gate", timeAxis: 1, shape: "[B, L, 1]", meaning: "sigmoid(shared_expert_gate)"),
+        SubStep(name: "mlp_out", timeAxis: 1, shape: "[B, L, D]", meaning: "routed + gate · shared: the feed-forward output"),
+    ]
+
+    /// Every sub-step of a layer in computation order: its mixer's, then its feed-forward's.
+    public static func catalogue(for kind: LayerKind, isMoE: Bool) -> [SubStep] {
+        (kind == .linearAttention ? deltaNet : attention) + (isMoE ? moeFeedForward : denseFeedForward)
     }
 
     /// "gdn" or "attn", as golden probe groups name layers (`layer_00_gdn`).

@@ -463,7 +463,7 @@ public enum Diff {
         let kind = config.layerKinds[layer]
         var ends: [Int] = []
         for n in calls { ends.append((ends.last ?? -1) + n) }
-        let rows = SubSteps.catalogue(for: kind).map { step -> DiffRow in
+        let rows = SubSteps.catalogue(for: kind, isMoE: config.isMoE).map { step -> DiffRow in
             let (p, q) = (x.subSteps[layer]?[step.name], y.subSteps[layer]?[step.name])
             let stacked = step.timeAxis == nil && calls.count > 1
             var r = row(.subStep(layer: layer, name: step.name), p, q, timeAxis: stacked ? 0 : step.timeAxis, tolerance,

@@ -185,7 +185,7 @@ public struct ImplementationSide: DiffSide {
         let kinds = model.config.layerKinds
         for layer in request.subStepLayers.sorted() where layer < kinds.count {
             var steps: [String: Tensor] = [:]
-            for step in SubSteps.catalogue(for: kinds[layer]) {
+            for step in SubSteps.catalogue(for: kinds[layer], isMoE: model.config.isMoE) {
                 guard let parts = recorder.records[.subStep(layer: layer, name: step.name)], let only = parts.first else { continue }
                 if parts.count == 1 {
                     steps[step.name] = only
@@ -258,7 +258,7 @@ public enum DiffError: Error, CustomStringConvertible, Equatable {
         switch self {
         case let .unknownSide(id, known): return "unknown side '\(id)'; known: \(known.joined(separator: ", "))"
         case let .badFault(text):
-            return "bad fault '\(text)': expected LAYER:SUBSTEP, e.g. 2:conv_out (sub-steps: GatedDeltaNet \(SubSteps.deltaNet.map(\.name).joined(separator: ", ")); attention \(SubSteps.attention.map(\.name).joined(separator: ", ")))"
+            return "bad fault '\(text)': expected LAYER:SUBSTEP, e.g. 2:conv_out (sub-steps: GatedDeltaNet \(SubSteps.deltaNet.map(\.name).joined(separator: ", ")); attention \(SubSteps.attention.map(\.name).joined(separator: ", ")); then dense \(SubSteps.denseFeedForward.map(\.name).joined(separator: ", ")) or MoE \(SubSteps.moeFeedForward.map(\.name).joined(separator: ", ")))"
         case let .badLayer(layer, layers): return "layer \(layer) does not exist (the model has layers 0..<\(layers))"
         case let .unknownSubStep(layer, kind, name, known):
             return "layer \(layer) is \(kind) and has no sub-step '\(name)'; its sub-steps: \(known.joined(separator: ", "))"
@@ -287,7 +287,7 @@ public struct SubStepFault: Sendable, Hashable, CustomStringConvertible {
     /// Throws unless `config`'s layer exists and has a sub-step of that name.
     public func validate(for config: TextConfig) throws {
         guard layer < config.layerKinds.count else { throw DiffError.badLayer(layer, layers: config.layerKinds.count) }
-        let kind = config.layerKinds[layer], steps = SubSteps.catalogue(for: kind).map(\.name)
+        let kind = config.layerKinds[layer], steps = SubSteps.catalogue(for: kind, isMoE: config.isMoE).map(\.name)
         guard steps.contains(name) else {
             throw DiffError.unknownSubStep(layer: layer, kind: kind == .linearAttention ? "GatedDeltaNet" : "attention",
                                            name: name, known: steps)

@@ -20,6 +20,16 @@ struct MLP {
         down = w.linear(p + "down_proj.weight", expert: e)
     }
 
+    /// Traced as mlp_gate, mlp_up, mlp_act; the caller taps the down projection as mlp_out.
+    func callAsFunction(_ x: Tensor, trace: SubStepTrace) -> Tensor {
+        let g = trace.tap("mlp_gate", x.linear(gate))
+        let u = trace.tap("mlp_up", x.linear(up))
+        var h = g
+        for i in h.data.indices { h.data[i] = Activation.silu(g.data[i]) * u.data[i] }
+        return trace.tap("mlp_act", h).linear(down)
+    }
+
+    /// Experts and the shared expert (SwitchGLU slices): untraced.
     func callAsFunction(_ x: Tensor) -> Tensor {
         let u = x.linear(up)
         var h = x.linear(gate)
@@ -46,30 +56,51 @@ struct SparseMoE {
         normalize = c.normTopkProb
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        let (N, D) = (x.rows, x.lastDim)
-        let gates = x.linear(router).softmax()          // softmax(precise = True) in float32
+    func callAsFunction(_ x: Tensor, trace: SubStepTrace) -> Tensor {
+        let (N, D, k) = (x.rows, x.lastDim, topK)
+        let lead = Array(x.shape.dropLast())
+        let logits = trace.tap("router_logits", x.linear(router))
+        let gates = trace.tap("router_probs", logits.softmax())     // softmax(precise = True) in float32
         let E = gates.lastDim
-        let sharedOut = shared(x)
-        let sharedScale = x.linear(sharedGate)          // sigmoid applied per token below
-        var out = Tensor(zeros: x.shape)
+        var inds = Tensor(zeros: lead + [k]), scores = Tensor(zeros: lead + [k])
         for n in 0..<N {
             let p = Array(gates.data[(n * E)..<((n + 1) * E)])
-            // argpartition(kth = −k)[−k:]: the k largest; their order only matters beyond k = 2.
-            let chosen = p.indices.sorted { p[$0] > p[$1] || (p[$0] == p[$1] && $0 < $1) }.prefix(topK)
-            var scores = chosen.map { p[$0] }
+            // argpartition(kth = −k)[−k:], in the order mlx leaves them: SwitchGLU's outputs are
+            // summed in that order, which decides the last bits once k > 2.
+            let chosen = ArgPartition.topK(p, k: k)
+            for (j, e) in chosen.enumerated() { inds.data[n * k + j] = Float(e); scores.data[n * k + j] = p[e] }
             if normalize {
-                let total = scores.reduce(0, +)
-                scores = scores.map { $0 / total }
+                var total: Float = 0
+                for j in 0..<k { total += scores.data[n * k + j] }
+                for j in 0..<k { scores.data[n * k + j] /= total }
             }
+        }
+        inds = trace.tap("topk_indices", inds)
+        scores = trace.tap("topk_weights", scores)
+        var expertOut = Tensor(zeros: lead + [k, D])
+        for n in 0..<N {
             let token = Tensor(shape: [1, D], data: Array(x.data[(n * D)..<((n + 1) * D)]))
-            var routed = [Float](repeating: 0, count: D)
-            for (score, e) in zip(scores, chosen) {
-                let y = experts[e](token)
-                for j in 0..<D { routed[j] += y.data[j] * score }
+            for j in 0..<k {
+                let y = experts[Int(inds.data[n * k + j])](token)
+                for d in 0..<D { expertOut.data[(n * k + j) * D + d] = y.data[d] }
             }
-            let scale = Activation.sigmoid(sharedScale.data[n])
-            for j in 0..<D { out.data[n * D + j] = routed[j] + scale * sharedOut.data[n * D + j] }
+        }
+        expertOut = trace.tap("experts_out", expertOut)
+        var routed = Tensor(zeros: x.shape)
+        for n in 0..<N {
+            for j in 0..<k {
+                let score = scores.data[n * k + j]
+                for d in 0..<D { routed.data[n * D + d] += expertOut.data[(n * k + j) * D + d] * score }
+            }
+        }
+        routed = trace.tap("routed_out", routed)
+        let sharedOut = trace.tap("shared_out", shared(x))
+        var scale = x.linear(sharedGate)
+        for i in scale.data.indices { scale.data[i] = Activation.sigmoid(scale.data[i]) }
+        scale = trace.tap("shared_gate", scale)
+        var out = Tensor(zeros: x.shape)
+        for n in 0..<N {
+            for j in 0..<D { out.data[n * D + j] = routed.data[n * D + j] + scale.data[n] * sharedOut.data[n * D + j] }
         }
         return out
     }
@@ -79,10 +110,10 @@ enum FeedForward {
     case dense(MLP)
     case moe(SparseMoE)
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
+    func callAsFunction(_ x: Tensor, trace: SubStepTrace) -> Tensor {
         switch self {
-        case .dense(let mlp): return mlp(x)
-        case .moe(let moe): return moe(x)
+        case .dense(let mlp): return mlp(x, trace: trace)
+        case .moe(let moe): return moe(x, trace: trace)
         }
     }
 }

@@ -96,7 +96,7 @@ struct GatedDeltaNet {
         // Qwen3_5RMSNormGated: rms_norm(y)·w per value head, then silu(z)·that in float32.
         var gated = y.rmsNorm(weight: normWeight, eps: eps).reshaped([B, S, Hv * dv])
         for i in gated.data.indices { gated.data[i] = Activation.silu(z.data[i]) * gated.data[i] }
-        trace("gated_norm_out", gated)
+        trace("gated_norm_out", gated.reshaped([B, S, Hv, dv]))
         let out = gated.linear(outProj)
         trace("out_proj", out)
         return out

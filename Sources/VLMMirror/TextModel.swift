@@ -52,8 +52,8 @@ struct DecoderLayer {
             if let c { cache = .attention(c) }
         }
         let h = x + mixed
-        let ffn = feedForward(h.rmsNorm(weight: postAttentionNorm, eps: eps))
-        steps("mlp_out", ffn)
+        let ffnInput = steps.tap("post_norm", h.rmsNorm(weight: postAttentionNorm, eps: eps))
+        let ffn = steps.tap("mlp_out", feedForward(ffnInput, trace: steps))
         return h + ffn
     }
 }
