@@ -42,7 +42,8 @@ public protocol DiffSide {
     /// For people: "mlx-lm golden", "lm mirror".
     var title: String { get }
     /// Sides with the same numerics do the same arithmetic operation for operation and must
-    /// agree bit for bit; others get an absolute tolerance.
+    /// agree bit for bit; others are bounded by the libraries' own distance (PairBounds).
+    /// "unified" follows mlx-lm on text and mlx-vlm on MRoPE and image prompts.
     var numerics: String { get }
     var isGolden: Bool { get }
     func capture(_ request: DiffRequest) throws -> DiffCapture
@@ -228,9 +229,20 @@ public enum DiffSides {
                                       model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights()),
                                       schedulePath: "mlx_vlm", tower: try golden.visionTower())
         },
+        Entry(id: "golden-vlm-correct", summary: "hazard scenarios: mlx-vlm's results for the same calls made the right way, path mlx_vlm_correct") { _, _ in
+            GoldenSide(id: "golden-vlm-correct", title: "mlx-vlm golden (correct calls)", path: "mlx_vlm_correct", numerics: "mlx-vlm")
+        },
+        Entry(id: "vlm-correct", summary: "the vlm mirror replaying path mlx_vlm_correct's calls (hazard scenarios)") { golden, weights in
+            guard let vlm = try golden.vlmConfig() else {
+                throw GoldenError.invalid(file: golden.path, path: "/config vlm_json", reason: "this golden was written without mlx-vlm")
+            }
+            return ImplementationSide(id: "vlm-correct", title: "vlm mirror (correct calls)", numerics: "mlx-vlm",
+                                      model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights()),
+                                      schedulePath: "mlx_vlm_correct", tower: try golden.visionTower())
+        },
         Entry(id: "unified", summary: "the unified (patched) model: text through the lm route, MRoPE through the vlm route") { golden, weights in
             let vlm = try golden.vlmConfig()
-            return ImplementationSide(id: "unified", title: "unified model", numerics: "mlx-lm",
+            return ImplementationSide(id: "unified", title: "unified model", numerics: "unified",
                                       model: try UnifiedTextModel(config: golden.config, vlmConfig: vlm?.text ?? golden.config,
                                                                   multimodal: vlm?.multimodal ?? .libraryDefault, weights: try weights()))
         },

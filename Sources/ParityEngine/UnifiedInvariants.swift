@@ -198,7 +198,12 @@ extension InvariantRegistry {
             out.append(Measurement(label: "\(mc.name) one call of \(L)+\(decode.count) (stitched past the stored end)",
                                    difference: .measure(stitched, whole)))
         }
-        return out
+        return try withLibraryDistances(out, c, "unified-mrope-prefix-decode")
+    }
+
+    static func withLibraryDistances(_ out: [Measurement], _ c: InvariantContext, _ id: String) throws -> [Measurement] {
+        guard !out.isEmpty else { return out }
+        return try StoredLibraryDistances.read(c.golden, invariant: id).attach(out, golden: c.golden, invariant: id)
     }
 
     /// Chunked MRoPE prefill at every step 1…L (generate's rule) against the whole prompt, each
@@ -218,7 +223,7 @@ extension InvariantRegistry {
                 out.append(Measurement(label: "\(mc.name) step \(step) \(calls)", difference: .measure(run, whole)))
             }
         }
-        return out
+        return try withLibraryDistances(out, c, "unified-mrope-chunked-sweep")
     }
 
     // MARK: unified-no-state-leak

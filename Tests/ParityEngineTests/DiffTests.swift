@@ -23,6 +23,9 @@ struct DiffFixture {
     }
 
     func faulted(_ layer: Int, _ name: String) -> ImplementationSide { lm.faulted(SubStepFault(layer: layer, name: name)) }
+
+    /// A registered side by its command-line name, over the same weights.
+    func side(_ id: String) throws -> DiffSide { try DiffSides.make(id, golden: golden) { weights } }
 }
 
 /// One fault case: a golden, a layer, a sub-step.
@@ -40,6 +43,11 @@ struct FaultCase: CustomTestStringConvertible, Sendable {
                                           FaultCase(golden: "tiny-hv2-tied.h5", layer: 0, step: s.name)] }
         + SubSteps.attention.flatMap { s in [FaultCase(golden: "tiny-dense.h5", layer: 3, step: s.name),
                                              FaultCase(golden: "tiny-hv2-tied.h5", layer: 1, step: s.name)] }
+        + SubSteps.denseFeedForward.flatMap { s in [FaultCase(golden: "tiny-dense.h5", layer: 2, step: s.name),
+                                                    FaultCase(golden: "tiny-dense.h5", layer: 3, step: s.name)] }
+        // topk_indices is left out: a 5 % nudge of an expert index truncates back to the same expert.
+        + SubSteps.moeFeedForward.filter { $0.name != "topk_indices" }.flatMap { s in
+            [FaultCase(golden: "tiny-moe.h5", layer: 1, step: s.name), FaultCase(golden: "tiny-moe.h5", layer: 3, step: s.name)] }
 }
 
 @Suite(.serialized) struct DiffTests {
@@ -92,6 +100,42 @@ struct FaultCase: CustomTestStringConvertible, Sendable {
             #expect(report.first?.item.layer == layer)
             #expect(report.first?.subStep == step, "\(layer):\(step) named \(report.first?.subStep ?? "nothing")")
         }
+    }
+
+    /// Unfaulted, the golden and both mirrors agree item by item on every text scenario of every
+    /// golden: lm against vlm within the libraries' own distance on that golden, so no side departs.
+    @Test(arguments: ["tiny-dense.h5", "tiny-moe.h5", "tiny-hv2-tied.h5"])
+    func unfaultedThreeWayVoteNamesNoSide(name: String) throws {
+        let f = try DiffFixture(name)
+        for scenario in try f.golden.scenarios() where scenario.paths.contains("mlx_lm") && scenario.paths.contains("mlx_vlm") {
+            let report = try Diff.run(f.golden, scenario: scenario.name, sides: [f.goldenSide, f.lm, try f.side("vlm")])
+            let vote = try #require(report.vote)
+            #expect(vote.departing == nil && vote.at == nil, "\(name) \(scenario.name): \(vote.verdict)")
+            #expect(vote.pairs.filter { $0.tolerance.isMeasured }.count == 2)
+        }
+    }
+
+    /// The lm/vlm bound is the library's distance on this golden: the same pair judged bit for bit
+    /// parts, so the measured bound is what lets it pass, and the noise floor is twice its logits row.
+    @Test func libraryBoundComesFromTheGolden() throws {
+        let f = try DiffFixture("tiny-dense.h5")
+        let scenario = try f.golden.scenario("full_prefill")
+        let library = try LibraryDistances.lmVersusVLM(f.golden, scenario)
+        #expect(library.items.values.contains { $0 > 0 })
+        let strict = try Diff.run(f.golden, scenario: "full_prefill", sides: [f.lm, try f.side("vlm")], tolerance: .exact)
+        #expect(!strict.agrees)
+        let measured = try Diff.run(f.golden, scenario: "full_prefill", sides: [f.lm, try f.side("vlm")])
+        #expect(measured.agrees && measured.tolerance.isMeasured)
+        #expect(measured.logits?.noiseFloor == 2 * library.logits && library.logits > 0)
+    }
+
+    /// An older golden without an mlx-vlm run of the scenario gets a message to regenerate, not a constant.
+    @Test func missingLibraryDistanceSaysRegenerate() throws {
+        let f = try DiffFixture("tiny-dense.h5")
+        let mrope = try f.golden.scenarios().first { !$0.paths.contains("mlx_lm") && $0.paths.contains("mlx_vlm") && $0.kind != .image }
+        let s = try #require(mrope)
+        #expect(throws: GoldenError.self) { _ = try LibraryDistances.lmVersusVLM(f.golden, s) }
+        do { _ = try LibraryDistances.lmVersusVLM(f.golden, s) } catch { #expect("\(error)".contains("regenerate")) }
     }
 
     /// With two implementations and the golden, the faulted side is the one that departs,
@@ -248,13 +292,15 @@ struct FaultCase: CustomTestStringConvertible, Sendable {
         a[V + 2] = 2; a[V + 3] = 1.5; b[V + 2] = 1.5; b[V + 3] = 2
         // token 2: identical
         a[2 * V + 4] = 3; b[2 * V + 4] = 3
-        let m = LogitMetrics.measure(Tensor(shape: [1, 3, V], data: a), Tensor(shape: [1, 3, V], data: b), positions: [0, 1, 2], valid: nil)
+        let m = LogitMetrics.measure(Tensor(shape: [1, 3, V], data: a), Tensor(shape: [1, 3, V], data: b), positions: [0, 1, 2], valid: nil,
+                                     noiseFloor: (1e-4, "test"))
         #expect(m.compared == 3 && m.top1Agree == 1)
         #expect(m.flips.count == 1 && m.flips[0].position == 1 && m.flips[0].referenceTop == 2 && m.flips[0].otherTop == 3)
         #expect(m.noiseFlips.count == 1 && m.noiseFlips[0].position == 0)
         #expect(m.klMax > 0 && m.klMaxPosition == 1)
         #expect(m.topKOverlap == 1)   // the same five tokens on top everywhere
-        let same = LogitMetrics.measure(Tensor(shape: [1, 3, V], data: a), Tensor(shape: [1, 3, V], data: a), positions: [0, 1, 2], valid: nil)
+        let same = LogitMetrics.measure(Tensor(shape: [1, 3, V], data: a), Tensor(shape: [1, 3, V], data: a), positions: [0, 1, 2], valid: nil,
+                                     noiseFloor: (1e-4, "test"))
         #expect(same.klMax == 0 && same.flips.isEmpty && same.noiseFlips.isEmpty)
     }
 
