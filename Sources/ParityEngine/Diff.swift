@@ -494,9 +494,10 @@ public enum Diff {
                     r.eventToken = r.diff?.firstPosition
                 } else if stacked, let c = r.diff?.firstPosition, c < ends.count {
                     r.eventCall = c
-                    r.eventToken = ends[c]
+                    r.eventToken = step.isCallInput ? ends[c] - calls[c] + 1 : ends[c]
+                    if step.isCallInput { r.eventCall = nil }
                 } else {
-                    r.eventToken = ends.last
+                    r.eventToken = step.isCallInput ? 0 : ends.last
                 }
             }
             return r

@@ -310,11 +310,18 @@ public struct SubStepFault: Sendable, Hashable, CustomStringConvertible {
     /// tolerance, in every call. The element sits past the middle at an offset that lands on a
     /// later token in every layout: a nudge at token 0 of the queries would change nothing, as
     /// the first query attends to one key only.
+    /// Bookkeeping sub-steps hold whole numbers (key intervals, offsets, positions, expert
+    /// indices, mask bits): there the element moves by one, as an off-by-one bug would (a mask
+    /// bit flips).
     public func apply(to tensor: Tensor) -> Tensor {
         guard tensor.count > 0 else { return tensor }
         var t = tensor
         let i = min(t.count / 2 + t.count / 7, t.count - 1)
-        t.data[i] += max(1e-3, 0.05 * abs(t.data[i]))
+        if SubSteps.wholeNumbered.contains(name) {
+            t.data[i] = name == "ssm_mask" ? 1 - t.data[i] : t.data[i] + 1
+        } else {
+            t.data[i] += max(1e-3, 0.05 * abs(t.data[i]))
+        }
         return t
     }
 }
@@ -336,6 +343,18 @@ public final class FaultedModel: QwenLanguageModel {
 
     public func forward(_ input: ModelInput, positionIds: PositionIDs?, cache: PromptCache?, trace: TraceSink?) throws -> Tensor {
         try inner.forward(input, positionIds: positionIds, cache: cache, trace: FaultInjector(fault: fault, forwardingTo: trace))
+    }
+}
+
+extension FaultedModel {
+    /// The vlm mirror behind `model` (itself, or the one a fault wraps) and the sink its calls
+    /// trace into, so explicit LanguageModel calls run faulted too.
+    static func vlmMirror(_ model: QwenLanguageModel, tracing sink: TraceSink?) -> (VLMTextModel, TraceSink?)? {
+        if let vlm = model as? VLMTextModel { return (vlm, sink) }
+        if let faulted = model as? FaultedModel, let vlm = faulted.inner as? VLMTextModel {
+            return (vlm, FaultInjector(fault: faulted.fault, forwardingTo: sink))
+        }
+        return nil
     }
 }
 

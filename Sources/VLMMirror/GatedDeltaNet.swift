@@ -46,13 +46,13 @@ struct GatedDeltaNet {
         // A conv state of another batch size is replaced by zeros; so is a mask.
         var state = Tensor(zeros: [B, window, Cc])
         if let s = cache?.convState, s.shape[0] == B { state = s }
-        let mask = mask.flatMap { $0.count == B * S ? $0 : nil }
+        let mask = BookkeepingSteps.ssmMask(mask.flatMap { $0.count == B * S ? $0 : nil }, batch: B, steps: S, trace: trace)
         if let mask {
             for r in 0..<(B * S) where !mask[r] { for ch in 0..<Cc { mixed.data[r * Cc + ch] = 0 } }
         }
         let convInput = Tensor.concatenate([state, mixed], axis: 1)   // [B, K−1+S, Cc]
         if var c = cache {
-            c.convState = trailingWindow(convInput, lengths: c.lengths, steps: S)
+            c.convState = trace.tap("conv_state", trailingWindow(convInput, lengths: c.lengths, steps: S))
             cache = c
         }
         let preActivation = depthwiseConv(convInput, steps: S)       // [B, S, Cc]
