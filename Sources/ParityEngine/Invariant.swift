@@ -20,6 +20,9 @@ public struct Implementations {
     public var unifiedUnavailable: String?
     /// The golden's vision tower (/vision), for its image prompts.
     public var vision: VisionTower?
+    /// A trace the unified model's MRoPE schedule runs go through: tests inject a sub-step fault
+    /// into its vlm route there. Nil in real use.
+    public var unifiedTrace: TraceSink?
 
     public init(lm: QwenLanguageModel, makeVLM: (() -> QwenLanguageModel)? = nil,
                 unified: UnifiedTextModel? = nil, unifiedUnavailable: String? = nil, vision: VisionTower? = nil) {
@@ -205,52 +208,58 @@ public enum InvariantRegistry {
         return chosen.map { invariant in
             do {
                 let measurements = try invariant.measure(InvariantContext(golden: golden, implementations: impls, scenarios: scenarios))
-                guard let first = measurements.first else {
-                    return row(invariant, golden, verdict: .notRun, detail: "nothing to compare in this golden")
-                }
-                var result = row(invariant, golden, verdict: .pass)
-                var worst = first.difference
-                result.worstLabel = first.label
-                for m in measurements.dropFirst() {
-                    if m.difference.maxAbs > worst.maxAbs || (m.difference.differingElements > 0 && worst.differingElements == 0) {
-                        result.worstLabel = m.label
-                    }
-                    worst = worst.merged(with: m.difference)
-                }
-                result.worst = worst
-                result.pairs = measurements.count
-                let failing = measurements.filter { !$0.holds(invariant.tolerance) }
-                if let worstLibrary = measurements.compactMap({ $0.library?.maxAbs }).max() {
-                    result.libraryWorst = worstLibrary
-                    result.library = measurements.first?.libraryName
-                    result.upstreamBound = measurements.first?.upstreamBound
-                }
-                let ownBound = measurements.filter { $0.tolerance != nil && $0.tolerance != invariant.tolerance }.count
-                if ownBound > 0 { result.detail = "\(ownBound) pair(s) under their own bound (bf16 run: 2e-5 + its float32 twin's gap)" }
-                if !failing.isEmpty {
-                    result.verdict = .fail
-                    result.detail = "\(failing.count) of \(measurements.count) failing, first: \(failing[0].label)"
-                        + (result.detail.isEmpty ? "" : "; " + result.detail)
-                    if !worst.histogramText.isEmpty { result.detail += "; ULP histogram \(worst.histogramText)" }
-                    if invariant.tolerance == .library, let f = failing.first, let lib = f.library {
-                        result.detail += "; Swift \(TextReport.format(f.difference.maxAbs)) (\(f.difference.differingElements) differ) "
-                            + "where \(f.libraryName ?? "the library") has \(TextReport.format(lib.maxAbs)) (\(lib.differing) differ)"
-                    }
-                } else if let lib = result.libraryWorst, let bound = result.upstreamBound {
-                    let name = result.library ?? "the library"
-                    if lib > bound {
-                        result.verdict = .finding
-                        result.detail = "\(name) itself: \(TextReport.format(lib)) > upstream's \(TextReport.format(bound)); "
-                            + "reproduced exactly by the port, pair by pair"
-                    } else {
-                        result.detail = "= \(name) pair by pair (library ≤ \(TextReport.format(lib)), upstream's bound \(TextReport.format(bound)))"
-                    }
-                }
-                return result
+                return judge(invariant, measurements, golden)
             } catch {
                 return row(invariant, golden, verdict: .error, detail: "\(error)")
             }
         }
+    }
+
+    /// One row from an invariant's measurements: the worst pair, the verdict under its tolerance
+    /// class, and for `.library` invariants the library's own distance and any finding.
+    static func judge(_ invariant: Invariant, _ measurements: [Measurement], _ golden: GoldenFile) -> InvariantRow {
+        guard let first = measurements.first else {
+            return row(invariant, golden, verdict: .notRun, detail: "nothing to compare in this golden")
+        }
+        var result = row(invariant, golden, verdict: .pass)
+        var worst = first.difference
+        result.worstLabel = first.label
+        for m in measurements.dropFirst() {
+            if m.difference.maxAbs > worst.maxAbs || (m.difference.differingElements > 0 && worst.differingElements == 0) {
+                result.worstLabel = m.label
+            }
+            worst = worst.merged(with: m.difference)
+        }
+        result.worst = worst
+        result.pairs = measurements.count
+        let failing = measurements.filter { !$0.holds(invariant.tolerance) }
+        if let worstLibrary = measurements.compactMap({ $0.library?.maxAbs }).max() {
+            result.libraryWorst = worstLibrary
+            result.library = measurements.first?.libraryName
+            result.upstreamBound = measurements.first?.upstreamBound
+        }
+        let ownBound = measurements.filter { $0.tolerance != nil && $0.tolerance != invariant.tolerance }.count
+        if ownBound > 0 { result.detail = "\(ownBound) pair(s) under their own bound (bf16 run: 2e-5 + its float32 twin's gap)" }
+        if !failing.isEmpty {
+            result.verdict = .fail
+            result.detail = "\(failing.count) of \(measurements.count) failing, first: \(failing[0].label)"
+                + (result.detail.isEmpty ? "" : "; " + result.detail)
+            if !worst.histogramText.isEmpty { result.detail += "; ULP histogram \(worst.histogramText)" }
+            if invariant.tolerance == .library, let f = failing.first, let lib = f.library {
+                result.detail += "; Swift \(TextReport.format(f.difference.maxAbs)) (\(f.difference.differingElements) differ) "
+                    + "where \(f.libraryName ?? "the library") has \(TextReport.format(lib.maxAbs)) (\(lib.differing) differ)"
+            }
+        } else if let lib = result.libraryWorst, let bound = result.upstreamBound {
+            let name = result.library ?? "the library"
+            if lib > bound {
+                result.verdict = .finding
+                result.detail = "\(name) itself: \(TextReport.format(lib)) > upstream's \(TextReport.format(bound)); "
+                    + "reproduced exactly by the port, pair by pair"
+            } else {
+                result.detail = "= \(name) pair by pair (library ≤ \(TextReport.format(lib)), upstream's bound \(TextReport.format(bound)))"
+            }
+        }
+        return result
     }
 
     /// A NOT RUN row (a failure) for every chosen invariant that ran on no golden at all.
