@@ -2,9 +2,9 @@
 LanguageModel) takes images through its own image processor, and records what the tower
 computes on the way to the merged input embeddings.
 
-Called from tools/make_golden.py through two hooks: capture() builds the full mlx-vlm Model
-around the golden's language weights and runs each prompt's vision half; write() stores the
-vision weights, config and intermediates under /vision. make_golden runs the language half (the
+Called through two hooks: capture() (from vlm_paths) builds the full mlx-vlm Model around the
+golden's language weights and runs each prompt's vision half; write() (from writing) stores the
+vision weights, config and intermediates under /vision. vlm_paths runs the language half (the
 generate-style schedule) on capture()'s LanguageModel like every other mlx-vlm scenario.
 Layout and meaning: docs/golden-format.md, section "Vision".
 
@@ -17,7 +17,6 @@ features at the image tokens and embed_tokens everywhere else, or no golden is w
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 from contextlib import contextmanager
@@ -30,8 +29,9 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_vlm.models.qwen3_vl.processing_qwen3_vl import Qwen3VLImageProcessor
 
-SOURCE = "tools/golden_vision.py"
-CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "vision" / "tiny-vision.json"
+from .provenance import component
+
+CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "vision" / "tiny-vision.json"
 # The processor's size window: every test image below is already a multiple of
 # patch_size * merge_size and inside it, so no resize happens (PIL's bicubic stays out).
 MIN_PIXELS, MAX_PIXELS = 64, 4096
@@ -50,10 +50,6 @@ PROMPTS = {
 
 class VisionError(Exception):
     pass
-
-
-def source_sha256() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
 def read_config() -> tuple[str, dict]:
@@ -312,8 +308,7 @@ def write(f, cap: Capture | None, shared: dict, put) -> None:
         return
     g = f.create_group("vision")
     g.attrs["config_json"] = cap.config_json
-    g.attrs["generator"] = SOURCE
-    g.attrs["generator_sha256"] = source_sha256()
+    g.attrs["generator"], g.attrs["generator_sha256"] = component(__file__)
     g.attrs["prompts_json"] = json.dumps({p.name: p.about for p in cap.prompts})
     for name in sorted(cap.weights):
         put(g, f"weights/{name}", cap.weights[name], "<f4", shared)

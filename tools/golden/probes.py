@@ -1,8 +1,8 @@
 """Sub-step probes for golden files: the library's own intermediate tensors inside one
 GatedDeltaNet layer and one full-attention layer, for one scenario (full_prefill).
 
-Called from tools/make_golden.py through two hooks: capture() after the scenarios ran and
-write() while the file is written. Layout and the meaning of every probe:
+Called through two hooks: capture() (from generate) after the scenarios ran and write() (from
+writing) while the file is written. Layout and the meaning of every probe:
 docs/golden-format.md, section "Probes".
 
 Nothing here re-implements the model. For the duration of one forward pass the probed layers'
@@ -22,10 +22,8 @@ hidden states and caches bit for bit, or no golden is written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 import numpy as np
 
@@ -33,9 +31,10 @@ import mlx.core as mx
 from mlx_lm.models import gated_delta, qwen3_5, qwen3_next
 from mlx_lm.models.cache import make_prompt_cache
 
+from .provenance import component
+
 PROBE_SCENARIO = "full_prefill"
 PROBE_PATH = "mlx_lm"
-SOURCE = "tools/golden_probes.py"
 
 # Stored probes, in computation order: a fault in one can only show in the ones after it.
 # conv_out is the depthwise convolution *before* silu (what the conv1d module returns).
@@ -207,8 +206,8 @@ def probing(model, layers: dict[int, str], cache):
 
 
 def capture(model, token_ids: np.ndarray, results) -> dict | None:
-    """Runs PROBE_SCENARIO once more with probes on and returns what make_golden should store,
-    or None when that scenario was not generated. `results` is make_golden's list of
+    """Runs PROBE_SCENARIO once more with probes on and returns what the golden should store,
+    or None when that scenario was not generated. `results` is the generator's list of
     (Scenario, RunResult); the probed run must reproduce its entry bit for bit."""
     reference = next((r for sc, r in results if sc.name == PROBE_SCENARIO), None)
     if reference is None:
@@ -241,14 +240,13 @@ def capture(model, token_ids: np.ndarray, results) -> dict | None:
 
 
 def write(f, probes: dict | None, shared: dict, put) -> None:
-    """Writes /probes/<scenario>/mlx_lm/layer_XX_<kind>/<probe> with make_golden's put(): a
+    """Writes /probes/<scenario>/mlx_lm/layer_XX_<kind>/<probe> with writing.put(): a
     probe that repeats a stored dataset bit for bit (final_state, k_rope, v) becomes a hard
     link to it."""
     if probes is None:
         return
     root = f.require_group("probes")
-    root.attrs["generator"] = SOURCE
-    root.attrs["generator_sha256"] = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    root.attrs["generator"], root.attrs["generator_sha256"] = component(__file__)
     path = root.create_group(f"{probes['scenario']}/{PROBE_PATH}")
     path.attrs["layers_json"] = json.dumps({str(i): k for i, (k, _) in sorted(probes["layers"].items())})
     for i, (kind, tensors) in sorted(probes["layers"].items()):
