@@ -64,8 +64,9 @@ def write_weights(config_path: Path, out: Path, seed: int) -> None:
     from golden.provenance import versions
 
     mx.set_default_device(mx.cpu)
-    raw_json, config = read_config(config_path)
-    model = build_model(config)  # parameters stay lazy: nothing of size is allocated here
+    spec = read_config(config_path)
+    raw_json = spec.raw_json
+    model = build_model(spec.lm_config())  # parameters stay lazy: nothing of size is allocated here
     effective = effective_config(model)
     tied = bool(model.language_model.args.tie_word_embeddings)
     shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}

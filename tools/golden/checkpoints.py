@@ -13,8 +13,8 @@ from mlx.utils import tree_flatten, tree_map_with_path
 from mlx_lm.utils import dequantize_model, load_model, quantize_model, save_config, save_model
 
 from .configs import SUPPORTED_MODEL_TYPES, effective_config, read_config
-from .errors import GoldenError, log
-from .inputs import make_inputs
+from .errors import GoldenError, LibraryFinding, UsageError, library, log
+from .inputs import check_token_ids, make_inputs
 from .lm_paths import build_model, load_random_weights, run_all
 from .provenance import file_sha256, root_attrs
 from .scenarios import F32_PATH, LM_PATH, scenario_list
@@ -32,17 +32,19 @@ Q4_OVERRIDES = {"language_model.lm_head": {"group_size": 32, "bits": 8},
 
 def make_checkpoint(args, directory: Path) -> None:
     """Random weights saved as an MLX model directory with mlx-lm's own conversion steps."""
-    raw_json, config = read_config(args.config)
-    model = build_model(config)
+    spec = read_config(args.config)
+    config = spec.lm_config()
+    model = build_model(spec.lm_config())
     load_random_weights(model, args.seed)
     if args.make_checkpoint == "bf16":
         # mlx_lm.convert's dtype step: every floating parameter the model's cast_predicate
         # admits (all but A_log) becomes bfloat16.
         cast_predicate = getattr(model, "cast_predicate", lambda _: True)
-        model.update(tree_map_with_path(
-            lambda k, v: v.astype(mx.bfloat16)
-            if cast_predicate(k) and mx.issubdtype(v.dtype, mx.floating) else v,
-            model.parameters()))
+        with library("mlx-lm", "casting the model to bfloat16"):
+            model.update(tree_map_with_path(
+                lambda k, v: v.astype(mx.bfloat16)
+                if cast_predicate(k) and mx.issubdtype(v.dtype, mx.floating) else v,
+                model.parameters()))
     else:
         own = getattr(model, "quant_predicate", None)  # MoE: router and shared gate at 8-bit/64
 
@@ -50,11 +52,13 @@ def make_checkpoint(args, directory: Path) -> None:
             if path in Q4_OVERRIDES:
                 return Q4_OVERRIDES[path]
             return own(path, module) if own is not None else True
-        model, config = quantize_model(model, config, Q4_DEFAULTS["group_size"],
-                                       Q4_DEFAULTS["bits"], quant_predicate=predicate)
-    mx.eval(model.parameters())
-    save_model(directory, model)
-    save_config(config, directory / "config.json")
+        with library("mlx-lm", "quantizing the model (quantize_model)"):
+            model, config = quantize_model(model, config, Q4_DEFAULTS["group_size"],
+                                           Q4_DEFAULTS["bits"], quant_predicate=predicate)
+    with library("mlx-lm", "saving the model directory (save_model, save_config)"):
+        mx.eval(model.parameters())
+        save_model(directory, model)
+        save_config(config, directory / "config.json")
     log(f"{args.config.name}: {args.make_checkpoint} checkpoint saved "
         f"({sum(p.stat().st_size for p in directory.iterdir())} bytes)")
 
@@ -70,11 +74,14 @@ def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: s
     """A model directory as mlx-lm loads it (mlx_lm) and dequantized in float32 (mlx_lm_f32)."""
     scenarios = scenario_list(args, DEFAULT_CHECKPOINT_SCENARIOS)
     if not (model_dir / "config.json").is_file():
-        raise GoldenError(f"{model_dir} has no config.json")
+        raise UsageError(f"{model_dir} has no config.json")
     try:
-        model, config = load_model(model_dir)
-    except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
-        raise GoldenError(f"mlx-lm could not load {model_dir}: {type(exc).__name__}: {exc}") from exc
+        with library("mlx-lm", f"loading the model directory {model_dir} (load_model)"):
+            model, config = load_model(model_dir)
+    except LibraryFinding as finding:
+        if isinstance(finding.exc, FileNotFoundError):  # no weights: not a model directory
+            raise GoldenError(f"mlx-lm could not load {model_dir}: {finding.exc}") from finding.exc
+        raise
     if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise GoldenError(f"unknown model_type {config.get('model_type')!r} in {model_dir}")
     raw_json = (model_dir / "config.json").read_text(encoding="utf-8")
@@ -85,9 +92,10 @@ def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: s
     log(f"{model_dir.name}: parameter dtypes {dtypes}, activations {adt}")
 
     native = run_all(model, scenarios, inputs, LM_PATH)
-    dequantize_model(model)
-    model.set_dtype(mx.float32)
-    mx.eval(model.parameters())
+    with library("mlx-lm", "dequantizing the model to float32 (dequantize_model, set_dtype)"):
+        dequantize_model(model)
+        model.set_dtype(mx.float32)
+        mx.eval(model.parameters())
     widened = run_all(model, scenarios, inputs, F32_PATH)
     for sc, a, b in zip(scenarios, native, widened):
         d = float(np.abs(a.result.logits - b.result.logits).max())
@@ -102,5 +110,6 @@ def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: s
              "checkpoint_kind": kind,
              "quantization_json": json.dumps(config.get("quantization"))}
     meta = {"root": root, "raw_json": raw_json, "effective_json": json.dumps(effective)}
+    check_token_ids(inputs.datasets(), [], effective["vocab_size"])
     write_golden(out_h5, meta, None, inputs.datasets(),
                  [(sc, {LM_PATH: a, F32_PATH: b}) for sc, a, b in zip(scenarios, native, widened)])

@@ -13,8 +13,8 @@ import mlx.core as mx
 from . import probes
 from .checkpoints import CHECKPOINT_GOLDEN, golden_from_model, make_checkpoint
 from .configs import effective_config, read_config
-from .errors import GoldenError, log
-from .inputs import make_inputs
+from .errors import GoldenError, UsageError, log
+from .inputs import check_token_ids, make_inputs
 from .lm_paths import build_model, load_random_weights, run_all
 from .provenance import root_attrs
 from .review import review
@@ -28,8 +28,8 @@ def golden_from_config(args, tmp: Path) -> None:
     scenarios = scenario_list(args, DEFAULT_SCENARIOS)
     variant = args.variant or args.config.name.removesuffix(".json")
     groups = vlm_groups(args, variant)
-    raw_json, config = read_config(args.config)
-    model = build_model(config)
+    spec = read_config(args.config)
+    model = build_model(spec.lm_config())
     weights = load_random_weights(model, args.seed)
     effective = effective_config(model)
     inputs = make_inputs(args.seed, args.prompt_length, effective["vocab_size"])
@@ -44,12 +44,12 @@ def golden_from_config(args, tmp: Path) -> None:
                                     [(sc, paths[LM_PATH].result) for sc, paths in results])
     except probes.ProbeError as exc:
         raise GoldenError(f"probes: {exc}") from exc
-    meta = {"raw_json": raw_json, "effective_json": json.dumps(effective), "probes": probe_data}
+    meta = {"raw_json": spec.raw_json, "effective_json": json.dumps(effective), "probes": probe_data}
     if groups is not None:
-        meta |= add_vlm_paths(config, weights, inputs, effective["vocab_size"], groups, args.seed,
-                              results, store, variant)
+        meta |= add_vlm_paths(spec, weights, inputs, groups, args.seed, results, store, variant)
     meta["root"] = root_attrs(args, variant, "float32", [sc.definition() for sc, _ in results]) \
         | {"weights_source": "random"}
+    check_token_ids(store, meta.get("rope_cases", []), effective["vocab_size"])
     write_golden(tmp, meta, weights, store, results)
 
 
@@ -58,12 +58,12 @@ def generate(args) -> None:
     out = args.out
     refuse_ci_regeneration(out)
     if not out.parent.is_dir():
-        raise GoldenError(f"output directory does not exist: {out.parent}")
+        raise UsageError(f"output directory does not exist: {out.parent}")
     if args.seed < 0:
-        raise GoldenError("--seed must be >= 0")
+        raise UsageError("--seed must be >= 0")
     if args.prompt_length < MIN_PROMPT_LENGTH:
         # /inputs/batch always holds rows of length L, L-9, L-17, each at least one token
-        raise GoldenError(f"--prompt-length must be >= {MIN_PROMPT_LENGTH}")
+        raise UsageError(f"--prompt-length must be >= {MIN_PROMPT_LENGTH}")
     mx.set_default_device(mx.cpu)  # goldens are CPU results; Metal differs at the ulp level
     for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a run that was killed
         discard(stale)

@@ -13,7 +13,7 @@ from mlx_lm.models import cache as lm_cache
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import _get_classes
 
-from .errors import GoldenError, log
+from .errors import GoldenError, library, log
 from .inputs import Inputs
 from .recording import (PathRun, RunResult, cache_arrays, check_finite, recording,
                         snapshot_cache, to_numpy)
@@ -31,13 +31,10 @@ EMBED_SCALE_TIED = 0.1
 
 def build_model(config: dict):
     """Instantiate the model the way mlx_lm.utils.load_model does (no weights yet)."""
-    try:
+    with library("mlx-lm", "building the model from the config"):
         model_class, args_class = _get_classes(config=config)
         model = model_class(args_class.from_dict(config))
-    except (TypeError, ValueError, KeyError, ZeroDivisionError) as exc:
-        raise GoldenError(f"mlx-lm could not build the model from the config: "
-                          f"{type(exc).__name__}: {exc}") from exc
-    model.eval()  # load_model does this too; it selects the inference path of the GDN
+        model.eval()  # load_model does this too; it selects the inference path of the GDN
     return model
 
 
@@ -75,30 +72,35 @@ def load_random_weights(model, seed: int) -> dict[str, np.ndarray]:
     """Draw weights, check sanitize leaves runtime layout alone, load strictly, and return
     exactly what the model now holds."""
     weights = random_weights(model, seed)
-    sanitized = model.sanitize(dict(weights))
+    with library("mlx-lm", "sanitizing the random runtime-layout weights"):
+        sanitized = model.sanitize(dict(weights))
     if sorted(sanitized) != sorted(weights):
         raise GoldenError("sanitize changed the parameter names of a runtime-layout checkpoint")
     for name, value in sanitized.items():
         if value.shape != weights[name].shape or not mx.array_equal(value, weights[name]).item():
             raise GoldenError(f"sanitize is not a fixed point for {name}")
-    model.load_weights(list(sanitized.items()), strict=True)
-    mx.eval(model.parameters())
+    with library("mlx-lm", "loading the random weights (strict)"):
+        model.load_weights(list(sanitized.items()), strict=True)
+        mx.eval(model.parameters())
     loaded = {k: np.array(v, dtype=np.float32) for k, v in tree_flatten(model.parameters())}
     assert sorted(loaded) == sorted(weights)
     return loaded
 
 
-def run_calls(model, tokens: np.ndarray, calls: list[int], cache, snapshot_after: int):
+def run_calls(model, tokens: np.ndarray, calls: list[int], cache, snapshot_after: int,
+              doing: str):
     """Feed tokens[:, t0:t0+n] for every n in calls through mlx-lm's model(ids, cache=cache),
-    recording hidden states; snapshot the cache after the first snapshot_after calls."""
+    recording hidden states; snapshot the cache after the first snapshot_after calls. doing:
+    what a library finding says the run was."""
     if sum(calls) != tokens.shape[1]:
         raise GoldenError(f"calls {calls} do not cover {tokens.shape[1]} tokens")
     logits, snapshot, t0 = [], None, 0
     with recording(model.language_model.model) as rec:
         for i, n in enumerate(calls):
-            out = model(mx.array(tokens[:, t0:t0 + n]), cache=cache)
-            # Evaluate per call like generate_step does, so graphs never span calls.
-            mx.eval(out, rec["embed"], rec["layers"], rec["norm"], cache_arrays(cache))
+            with library("mlx-lm", f"{doing}, call {i + 1} of {len(calls)} ({n} tokens)"):
+                out = model(mx.array(tokens[:, t0:t0 + n]), cache=cache)
+                # Evaluate per call like generate_step does, so graphs never span calls.
+                mx.eval(out, rec["embed"], rec["layers"], rec["norm"], cache_arrays(cache))
             logits.append(to_numpy(out))
             t0 += n
             if cache is not None and i + 1 == snapshot_after:
@@ -122,30 +124,36 @@ def left_padded_cache(model, left_padding: np.ndarray) -> list:
     ArraysCache.prepare() has no left_padding (it only sets lengths)."""
     lp = [int(x) for x in left_padding]
     cache = []
-    for c in make_prompt_cache(model):
-        if isinstance(c, lm_cache.ArraysCache):
-            cache.append(lm_cache.ArraysCache(len(c.cache), left_padding=lp))
-        elif isinstance(c, lm_cache.KVCache):
-            cache.append(lm_cache.BatchKVCache(lp))
-        else:
-            raise GoldenError(f"no batched equivalent for cache type {type(c).__name__}")
+    with library("mlx-lm", "making the left-padded batch cache"):
+        for c in make_prompt_cache(model):
+            if isinstance(c, lm_cache.ArraysCache):
+                cache.append(lm_cache.ArraysCache(len(c.cache), left_padding=lp))
+            elif isinstance(c, lm_cache.KVCache):
+                cache.append(lm_cache.BatchKVCache(lp))
+            else:
+                raise GoldenError(f"no batched equivalent for cache type {type(c).__name__}")
     return cache
 
 
 def run_scenario(model, sc: Scenario, inputs: Inputs) -> RunResult:
+    doing = f"running scenario {sc.name}"
     if sc.kind == "batch":
         tokens = np.concatenate([inputs.batch_tokens, inputs.decode_tokens.T], axis=1)
         cache = left_padded_cache(model, inputs.left_padding)
-        return run_calls(model, tokens, sc.calls, cache, snapshot_after=1)
-    cache = make_prompt_cache(model) if sc.cached else None
-    return run_calls(model, inputs.token_ids, sc.calls, cache, snapshot_after=len(sc.calls))
+        return run_calls(model, tokens, sc.calls, cache, snapshot_after=1, doing=doing)
+    with library("mlx-lm", f"{doing}: make_prompt_cache"):
+        cache = make_prompt_cache(model) if sc.cached else None
+    return run_calls(model, inputs.token_ids, sc.calls, cache, snapshot_after=len(sc.calls),
+                     doing=doing)
 
 
 def check_recording_is_transparent(model, token_ids: np.ndarray) -> None:
     """The wrappers must not change a single bit of the output."""
-    plain = model(mx.array(token_ids))
-    mx.eval(plain)
-    recorded = run_calls(model, token_ids, [token_ids.shape[1]], None, 0).logits
+    doing = "running the whole prompt without a cache (the recording check)"
+    with library("mlx-lm", doing):
+        plain = model(mx.array(token_ids))
+        mx.eval(plain)
+    recorded = run_calls(model, token_ids, [token_ids.shape[1]], None, 0, doing).logits
     if not np.array_equal(to_numpy(plain), recorded):
         raise GoldenError("recording the forward pass changed the logits")
 

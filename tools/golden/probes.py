@@ -31,6 +31,7 @@ import mlx.core as mx
 from mlx_lm.models import gated_delta, qwen3_5, qwen3_next
 from mlx_lm.models.cache import make_prompt_cache
 
+from .errors import library
 from .provenance import component
 
 PROBE_SCENARIO = "full_prefill"
@@ -213,8 +214,10 @@ def capture(model, token_ids: np.ndarray, results) -> dict | None:
     if reference is None:
         return None
     layers = probe_layers(model)
-    cache = make_prompt_cache(model)   # full_prefill: fresh cache, whole prompt in one call
-    with probing(model, layers, cache) as records:
+    with library("mlx-lm", f"running {PROBE_SCENARIO} with the probes: make_prompt_cache"):
+        cache = make_prompt_cache(model)   # full_prefill: fresh cache, whole prompt in one call
+    with probing(model, layers, cache) as records, \
+            library("mlx-lm", f"running {PROBE_SCENARIO} with the probes"):
         logits = model(mx.array(token_ids), cache=cache)
         mx.eval(logits, records)
     if not np.array_equal(np.array(logits), reference.logits):

@@ -11,7 +11,7 @@ import h5py
 
 from golden_diff import compare_files, compare_model_dirs, movement_report
 
-from .errors import GoldenError, log
+from .errors import UsageError, log
 from .provenance import generator_sha256, versions
 
 
@@ -41,7 +41,7 @@ def review(args, previous: Path | None, new_h5: Path, previous_dir: Path | None,
         if not reason and sys.stdin.isatty():
             reason = input("make_golden: why does this golden change? (empty aborts) ").strip()
         if not reason:
-            raise GoldenError(f"{previous} would change: give the reason with --reason TEXT "
+            raise UsageError(f"{previous} would change: give the reason with --reason TEXT "
                               f"(make golden REASON=...); nothing was written")
         with h5py.File(previous, "r") as f:
             history = json.loads(f.attrs.get("history_json", "[]"))

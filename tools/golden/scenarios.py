@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import GoldenError
+from .errors import GoldenError, UsageError
 
 LM_PATH = "mlx_lm"              # mlx-lm's Model (text path); in model directories: as loaded
 F32_PATH = "mlx_lm_f32"         # model directories: the same model dequantized, float32
@@ -39,7 +39,8 @@ UPSTREAM_CHUNK_CASES = {
               "about": "the image span sits in a later chunk"},
 }
 MROPE_DECODE_STEPS = 3
-IMAGE_GRID = [1, 4, 6]        # one image: 1 x (4/2) x (6/2) = 6 image tokens
+IMAGE_GRID_BLOCKS = (1, 2, 3)  # one image of 1 x 2 x 3 merge blocks = 6 image tokens
+                              # (grid [1, 4, 6] with merge size 2)
 HAZARD_PREFILL_STEP = 4
 HAZARD_TEXT_PROMPT = 6        # hazard 1: text prompt after the image prompt (+ 2 decodes)
 SMALL_BATCH_LENGTHS = (7, 4)  # hazard 3: two left-padded rows, then 2 decode steps
@@ -104,7 +105,7 @@ def make_scenario(name: str, L: int) -> Scenario:
                         f"B={len(BATCH_SHORTENING)} left-padded prompts (BatchKVCache + "
                         f"ArraysCache with left_padding), then {BATCH_DECODE_STEPS} decode "
                         f"steps of [B,1]; cache_after is taken right after the prompt call")
-    raise GoldenError(f"unknown scenario {name!r}; known: {', '.join(DEFAULT_SCENARIOS)} "
+    raise UsageError(f"unknown scenario {name!r}; known: {', '.join(DEFAULT_SCENARIOS)} "
                       f"(chunked_prefill_N accepts any N >= 1)")
 
 
@@ -112,7 +113,7 @@ def scenario_list(args, defaults) -> list[Scenario]:
     text = args.scenarios if args.scenarios is not None else ",".join(defaults)
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names or len(set(names)) != len(names):
-        raise GoldenError(f"--scenarios must list distinct names, got {text!r}")
+        raise UsageError(f"--scenarios must list distinct names, got {text!r}")
     return [make_scenario(n, args.prompt_length) for n in names]
 
 

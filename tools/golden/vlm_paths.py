@@ -23,21 +23,20 @@ from mlx.utils import tree_flatten
 from mlx_vlm.models import cache as vlm_cache
 
 from . import vision
-from .errors import GoldenError, log
-from .inputs import Inputs
+from .configs import SPECIAL_TOKEN_KEYS, ModelSpec
+from .errors import GoldenError, UsageError, library, log
+from .inputs import Inputs, TokenIds
 from .recording import PathRun, RunResult, cache_arrays, check_finite, recording, snapshot_cache
-from .scenarios import (IMAGE_GRID, LM_PATH, MROPE_DECODE_STEPS, SMALL_BATCH_DECODE_STEPS,
+from .scenarios import (IMAGE_GRID_BLOCKS, LM_PATH, MROPE_DECODE_STEPS, SMALL_BATCH_DECODE_STEPS,
                         SMALL_BATCH_LENGTHS, UPSTREAM_CHUNK_CASES, UPSTREAM_PREFILL_DECODE,
                         VLM_CORRECT_PATH, VLM_PATH, VlmScenario, hazard_scenarios,
                         image_scenario, mrope_scenarios, vlm_call, vlm_logits_positions,
                         vlm_text_schedule)
 
-# The tiny vocabulary has 1000 ids, so the vision token ids (ModelConfig fields, defaults
-# 248045..248057) are placed at its end; the tiny prompts never use them as text.
-VISION_TOKEN_IDS = {"vision_start_token_id": 995, "vision_end_token_id": 996,
-                    "image_token_id": 997, "video_token_id": 998}
-TEXT_ID_LIMIT = 990  # random text ids in MRoPE prompts stay below the vision ids
-SPATIAL_MERGE_SIZE = 2
+# The special token ids of the prompts are the config's own (ModelConfig fields; mlx-vlm's
+# defaults 248045..248057 lie outside small vocabularies) or, without them, V-5..V-2 (995..998
+# for the tiny vocabulary of 1000): configs.special_token_ids. Text ids never collide with
+# them: inputs.TokenIds.
 # golden/ has a size budget: 22.5 MB with golden/checkpoints/ (hard limit 24 MB, the rest kept
 # for probes). The text schedules through mlx-vlm are written for every random-weight variant;
 # these groups of vlm-only content are written where the table says:
@@ -54,25 +53,20 @@ VLM_EXTRAS_BY_VARIANT = {"tiny-dense": "cache,vectors,sweeps,hazards,vision",
 VISION_PROMPTS_BY_VARIANT = {"tiny-moe": ("image_two",)}
 
 
-def vlm_model_params(config: dict) -> dict:
-    """The checkpoint-level config mlx-vlm reads: the text config nested under text_config."""
-    return {"model_type": config["model_type"], "text_config": dict(config),
-            "vision_config": {"spatial_merge_size": SPATIAL_MERGE_SIZE}, **VISION_TOKEN_IDS}
-
-
-def build_vlm_model(config: dict):
-    """ModelConfig.from_dict + LanguageModel, as mlx-vlm's Model.__init__ builds its text half."""
-    try:
-        module = importlib.import_module(f"mlx_vlm.models.{config['model_type']}")
-        model_config = module.ModelConfig.from_dict(vlm_model_params(config))
-        if isinstance(model_config.text_config, dict):
-            raise GoldenError("mlx-vlm left text_config undeserialised (a required field is missing)")
+def build_vlm_model(spec: ModelSpec):
+    """ModelConfig.from_dict + LanguageModel, as mlx-vlm's Model.__init__ builds its text half.
+    Also returns vlm_json: the dict it was built from, as given (the library edits it)."""
+    params = spec.vlm_params()
+    vlm_json = json.dumps(params)
+    with library("mlx-vlm", "building the LanguageModel (ModelConfig.from_dict)"):
+        module = importlib.import_module(f"mlx_vlm.models.{spec.model_type}")
+        model_config = module.ModelConfig.from_dict(params)
+    if isinstance(model_config.text_config, dict):
+        raise GoldenError("mlx-vlm left text_config undeserialised (a required field is missing)")
+    with library("mlx-vlm", "building the LanguageModel"):
         lm = module.LanguageModel(model_config.text_config, model_config)
-    except (TypeError, ValueError, KeyError, ImportError) as exc:
-        raise GoldenError(f"mlx-vlm could not build the language model: "
-                          f"{type(exc).__name__}: {exc}") from exc
-    lm.eval()
-    return module, model_config, lm
+        lm.eval()
+    return module, model_config, lm, vlm_json
 
 
 def vlm_weight_name(runtime_name: str) -> str:
@@ -87,51 +81,58 @@ def load_vlm_weights(module, model_config, lm, weights: dict[str, np.ndarray]) -
     into the LanguageModel under its names, strictly, and check they arrived bit for bit."""
     runtime = {name: mx.array(value) for name, value in weights.items()}
     # Model.sanitize reads only self.config; the vision tower is never built.
-    sanitized = module.Model.sanitize(SimpleNamespace(config=model_config),
-                                      {k: mx.array(v) for k, v in runtime.items()})
+    with library("mlx-vlm", "sanitizing the mlx-lm runtime weights"):
+        sanitized = module.Model.sanitize(SimpleNamespace(config=model_config),
+                                          {k: mx.array(v) for k, v in runtime.items()})
     if sorted(sanitized) != sorted(runtime):
         raise GoldenError("mlx-vlm sanitize changed the parameter names of the runtime layout")
     for name, value in sanitized.items():
         if not mx.array_equal(value, runtime[name]).item():
             raise GoldenError(f"mlx-vlm sanitize is not a fixed point for {name}")
-    lm.load_weights([(vlm_weight_name(k), v) for k, v in runtime.items()], strict=True)
-    mx.eval(lm.parameters())
+    with library("mlx-vlm", "loading the mlx-lm runtime weights into the LanguageModel (strict)"):
+        lm.load_weights([(vlm_weight_name(k), v) for k, v in runtime.items()], strict=True)
+        mx.eval(lm.parameters())
     for name, value in tree_flatten(lm.parameters()):
         if not np.array_equal(np.array(value), weights["language_model." + name]):
             raise GoldenError(f"mlx-vlm holds a different {name} than mlx-lm")
 
 
 def vlm_effective_config(lm, model_config) -> dict:
+    """What mlx-vlm's LanguageModel runs; the rotary entries are null when no layer is full
+    attention."""
     rotary = [l.self_attn.rotary_emb for l in lm.model.layers if not l.is_linear]
+    r = rotary[0] if rotary else None
     args = lm.args
     return {
         "model_type": args.model_type,
-        "rotary_dims": int(rotary[0].dim),
-        "rope_theta": float(rotary[0].base),
-        "mrope_section": list(rotary[0].mrope_section),
-        "inv_freq": np.array(rotary[0].inv_freq).tolist(),
-        "position_selector": np.array(rotary[0].position_selector).tolist(),
+        "rotary_dims": int(r.dim) if r else None,
+        "rope_theta": float(r.base) if r else None,
+        "mrope_section": list(r.mrope_section) if r else None,
+        "inv_freq": np.array(r.inv_freq).tolist() if r else None,
+        "position_selector": np.array(r.position_selector).tolist() if r else None,
         "head_dim": args.head_dim,
         "full_attention_interval": args.full_attention_interval,
         "layer_types": ["linear_attention" if l.is_linear else "full_attention"
                         for l in lm.model.layers],
         "spatial_merge_size": model_config.vision_config.spatial_merge_size,
-        **{k: getattr(model_config, k) for k in VISION_TOKEN_IDS},
+        **{k: getattr(model_config, k) for k in SPECIAL_TOKEN_KEYS},
     }
 
 
 # --- inputs of the vlm-only scenarios -------------------------------------------------------
 
 
-def vlm_inputs(lm, inputs: Inputs, seed: int, vocab: int) -> dict[str, np.ndarray]:
+def vlm_inputs(lm, inputs: Inputs, seed: int, vocab: int, token_ids: TokenIds,
+               merge: int) -> dict[str, np.ndarray]:
     """Every input dataset the vlm schedules reference, keyed by its path in the file. Input
     embeddings and reference positions come from the library (embed_tokens, get_rope_index)."""
     rng = np.random.default_rng([seed, 2])
     store: dict[str, np.ndarray] = {}
 
     def embed(ids) -> np.ndarray:
-        out = lm.model.embed_tokens(mx.array(ids))
-        mx.eval(out)
+        with library("mlx-vlm", "embedding the vlm prompts (embed_tokens)"):
+            out = lm.model.embed_tokens(mx.array(ids))
+            mx.eval(out)
         return np.array(out)
 
     # Text batch as mlx-vlm takes it: the prompt with its attention mask, then the decodes.
@@ -143,9 +144,9 @@ def vlm_inputs(lm, inputs: Inputs, seed: int, vocab: int) -> dict[str, np.ndarra
 
     # Upstream prefill/decode vector: prompt [0,1,2,3], then decode ids.
     up = UPSTREAM_PREFILL_DECODE
-    decode = rng.integers(0, TEXT_ID_LIMIT, size=MROPE_DECODE_STEPS)
+    decode = token_ids.text(rng, MROPE_DECODE_STEPS)
     g = "/inputs/mrope/prefill_decode"
-    store[g + "/token_ids"] = np.array([up["tokens"] + decode.tolist()], dtype=np.int32)
+    store[g + "/token_ids"] = np.array([up["tokens"] + decode], dtype=np.int32)
     store[g + "/input_embeddings"] = embed([up["tokens"]])
     store[g + "/position_ids"] = np.array(up["positions"], dtype=np.int32)
     store[g + "/rope_deltas"] = np.array([[up["rope_delta"]]], dtype=np.int32)
@@ -159,9 +160,10 @@ def vlm_inputs(lm, inputs: Inputs, seed: int, vocab: int) -> dict[str, np.ndarra
 
     # An image prompt: text, vision_start, 6 image tokens, vision_end, text. The image rows of
     # input_embeddings are random stand-ins for vision features at the embedding's scale.
-    vt = VISION_TOKEN_IDS
-    n_image = IMAGE_GRID[0] * (IMAGE_GRID[1] // SPATIAL_MERGE_SIZE) * (IMAGE_GRID[2] // SPATIAL_MERGE_SIZE)
-    text = rng.integers(0, TEXT_ID_LIMIT, size=4).tolist()
+    vt = token_ids.special
+    frames, hb, wb = IMAGE_GRID_BLOCKS
+    n_image = frames * hb * wb
+    text = token_ids.text(rng, 4)
     ids = text[:2] + [vt["vision_start_token_id"]] + [vt["image_token_id"]] * n_image \
         + [vt["vision_end_token_id"]] + text[2:]
     emb = embed([ids])
@@ -169,8 +171,10 @@ def vlm_inputs(lm, inputs: Inputs, seed: int, vocab: int) -> dict[str, np.ndarra
     for t, token in enumerate(ids):
         if token == vt["image_token_id"]:
             emb[0, t] = (rng.standard_normal(emb.shape[-1]) * scale).astype(np.float32)
-    grid = np.array([IMAGE_GRID], dtype=np.int32)
-    positions, deltas = lm.get_rope_index(mx.array([ids], dtype=mx.int32), mx.array(grid))
+    grid = np.array([[frames, hb * merge, wb * merge]], dtype=np.int32)
+    with library("mlx-vlm", "get_rope_index on the image prompt"):
+        positions, deltas = lm.get_rope_index(mx.array([ids], dtype=mx.int32), mx.array(grid))
+        mx.eval(positions, deltas)
     g = "/inputs/mrope/image_prompt"
     store[g + "/token_ids"] = np.array([ids], dtype=np.int32)
     store[g + "/input_embeddings"] = emb
@@ -191,41 +195,49 @@ def vlm_inputs(lm, inputs: Inputs, seed: int, vocab: int) -> dict[str, np.ndarra
     return store
 
 
-def rope_index_cases(lm) -> list[dict]:
+def rope_index_cases(lm, token_ids: TokenIds, merge: int) -> list[dict]:
     """get_rope_index run by the library on a few prompts (one and two images, a video, a
-    masked batch, text with and without a mask). Token ids need not be in the vocabulary."""
-    vt = VISION_TOKEN_IDS
+    masked batch, text with and without a mask). Grids are written for a merge size of 2 and
+    scaled to the model's; text ids are token_ids.fixed(n) (n for a big vocabulary)."""
+    vt = token_ids.special
     VS, VE = vt["vision_start_token_id"], vt["vision_end_token_id"]
     IM, VI = vt["image_token_id"], vt["video_token_id"]
+    T, P = token_ids.fixed, token_ids.pad
+
+    def grids(*thw):
+        return [[t, h // 2 * merge, w // 2 * merge] for t, h, w in thw]
     cases = [
         {"name": "spec_two_images", "about": "numerics spec 3.3 worked example",
-         "input_ids": [[5, 6, VS] + [IM] * 6 + [VE, 7, 8, VS] + [IM] * 6 + [VE, 9, 10, 11]],
-         "image_grid_thw": [[1, 4, 6], [1, 6, 4]]},
+         "input_ids": [[T(5), T(6), VS] + [IM] * 6 + [VE, T(7), T(8), VS] + [IM] * 6
+                       + [VE, T(9), T(10), T(11)]],
+         "image_grid_thw": grids((1, 4, 6), (1, 6, 4))},
         {"name": "one_image", "about": "one image between text",
-         "input_ids": [[1, 2, 3, VS] + [IM] * 12 + [VE, 4, 5]], "image_grid_thw": [[1, 6, 8]]},
+         "input_ids": [[T(1), T(2), T(3), VS] + [IM] * 12 + [VE, T(4), T(5)]],
+         "image_grid_thw": grids((1, 6, 8))},
         {"name": "image_first", "about": "an image at position 0, no text before it",
-         "input_ids": [[VS] + [IM] * 4 + [VE, 7]], "image_grid_thw": [[1, 4, 4]]},
+         "input_ids": [[VS] + [IM] * 4 + [VE, T(7)]], "image_grid_thw": grids((1, 4, 4))},
         {"name": "video_two_frames", "about": "a (2,4,4) video grid expands into two (1,4,4) blocks",
-         "input_ids": [[1, VS] + [VI] * 4 + [VE, VS] + [VI] * 4 + [VE, 2]],
-         "video_grid_thw": [[2, 4, 4]]},
+         "input_ids": [[T(1), VS] + [VI] * 4 + [VE, VS] + [VI] * 4 + [VE, T(2)]],
+         "video_grid_thw": grids((2, 4, 4))},
         {"name": "image_then_video", "about": "an image block, then a video block",
-         "input_ids": [[1, VS] + [IM] * 2 + [VE, 2, VS] + [VI] * 4 + [VE, 3]],
-         "image_grid_thw": [[1, 2, 4]], "video_grid_thw": [[1, 4, 4]]},
+         "input_ids": [[T(1), VS] + [IM] * 2 + [VE, T(2), VS] + [VI] * 4 + [VE, T(3)]],
+         "image_grid_thw": grids((1, 2, 4)), "video_grid_thw": grids((1, 4, 4))},
         {"name": "masked_batch_images", "about": "left-padded rows with one image each",
-         "input_ids": [[0, 0, 1, VS] + [IM] * 4 + [VE, 2], [1, 2, VS] + [IM] * 6 + [VE]],
+         "input_ids": [[P, P, T(1), VS] + [IM] * 4 + [VE, T(2)], [T(1), T(2), VS] + [IM] * 6 + [VE]],
          "attention_mask": [[0, 0, 1, 1, 1, 1, 1, 1, 1, 1], [1] * 10],
-         "image_grid_thw": [[1, 4, 4], [1, 4, 6]]},
+         "image_grid_thw": grids((1, 4, 4), (1, 4, 6))},
         {"name": "text_masked", "about": "text only with a left-padding mask",
-         "input_ids": [[0, 0, 0, 4, 5, 6], [1, 2, 3, 4, 5, 6]],
+         "input_ids": [[P, P, P, T(4), T(5), T(6)], [T(n) for n in range(1, 7)]],
          "attention_mask": [[0, 0, 0, 1, 1, 1], [1] * 6]},
         {"name": "text_plain", "about": "text only, no mask: arange and zero deltas",
-         "input_ids": [[4, 5, 6, 7, 8]]},
+         "input_ids": [[T(n) for n in range(4, 9)]]},
     ]
     for case in cases:
         arg = lambda k: (mx.array(case[k], dtype=mx.int32) if k in case else None)
-        positions, deltas = lm.get_rope_index(arg("input_ids"), arg("image_grid_thw"),
-                                              arg("video_grid_thw"), arg("attention_mask"))
-        mx.eval(positions, deltas)
+        with library("mlx-vlm", f"get_rope_index on the case {case['name']}"):
+            positions, deltas = lm.get_rope_index(arg("input_ids"), arg("image_grid_thw"),
+                                                  arg("video_grid_thw"), arg("attention_mask"))
+            mx.eval(positions, deltas)
         case["position_ids"] = np.array(positions).astype(np.int32)
         case["rope_deltas"] = np.array(deltas).astype(np.int32)
     return cases
@@ -275,7 +287,11 @@ class VlmRunResult(RunResult):
     state_after: list = None             # per call {"position_ids", "rope_deltas"} stored after it
 
 
-def run_vlm_schedule(lm, schedule: list[dict], store: dict, snapshot_after: int | None) -> VlmRunResult:
+def run_vlm_schedule(lm, schedule: list[dict], store: dict, snapshot_after: int | None,
+                     doing: str) -> VlmRunResult:
+    """Run the calls of a schedule (docs/golden-format.md, "mlx-vlm paths"), recording hidden
+    states, the positions each call resolved and the state kept. doing: what a library finding
+    says the run was."""
     def sliced(path, call):
         return None if path is None else store[path][:, call["start"]:call["start"] + call["length"]]
 
@@ -290,12 +306,13 @@ def run_vlm_schedule(lm, schedule: list[dict], store: dict, snapshot_after: int 
             if call["cache"] == "none":
                 cache = None
             elif call["cache"] == "new":
-                if call["left_padding"] is None:
-                    cache = lm.make_cache()
-                else:
-                    lp = [int(x) for x in store[call["left_padding"]]]
-                    cache = [vlm_cache.ArraysCache(2, left_padding=lp) if l.is_linear
-                             else vlm_cache.BatchKVCache(lp) for l in inner.layers]
+                with library("mlx-vlm", f"{doing}: making the cache"):
+                    if call["left_padding"] is None:
+                        cache = lm.make_cache()
+                    else:
+                        lp = [int(x) for x in store[call["left_padding"]]]
+                        cache = [vlm_cache.ArraysCache(2, left_padding=lp) if l.is_linear
+                                 else vlm_cache.BatchKVCache(lp) for l in inner.layers]
             ids = mx.array(sliced(call["tokens"], call))
             B, L = ids.shape
             kwargs = {}
@@ -307,8 +324,9 @@ def run_vlm_schedule(lm, schedule: list[dict], store: dict, snapshot_after: int 
             if call["attention_mask"] is not None:
                 kwargs["attention_mask"] = mx.array(sliced(call["attention_mask"], call))
             before = (len(rec["embed"]), [len(r) for r in rec["layers"]], len(rec["norm"]))
-            out = lm(ids, cache=cache, **kwargs).logits
-            mx.eval(out, rec["embed"], rec["layers"], rec["norm"], cache_arrays(cache))
+            with library("mlx-vlm", f"{doing}, call {i + 1} of {len(schedule)} ({L} tokens)"):
+                out = lm(ids, cache=cache, **kwargs).logits
+                mx.eval(out, rec["embed"], rec["layers"], rec["norm"], cache_arrays(cache))
             logits.append(np.array(out))
 
             def joined(records, start):
@@ -350,10 +368,12 @@ def run_vlm_schedule(lm, schedule: list[dict], store: dict, snapshot_after: int 
 
 def check_vlm_recording_is_transparent(lm, token_ids: np.ndarray) -> None:
     lm._position_ids = lm._rope_deltas = None
-    plain = lm(mx.array(token_ids)).logits
-    mx.eval(plain)
+    doing = "running the whole prompt without a cache (the recording check)"
+    with library("mlx-vlm", doing):
+        plain = lm(mx.array(token_ids)).logits
+        mx.eval(plain)
     schedule = [vlm_call("/inputs/token_ids", 0, token_ids.shape[1], cache="none", reset_state=True)]
-    recorded = run_vlm_schedule(lm, schedule, {"/inputs/token_ids": token_ids}, None).logits
+    recorded = run_vlm_schedule(lm, schedule, {"/inputs/token_ids": token_ids}, None, doing).logits
     if not np.array_equal(np.array(plain), recorded):
         raise GoldenError("recording the mlx-vlm forward pass changed the logits")
 
@@ -367,18 +387,20 @@ def vlm_groups(args, variant: str) -> set[str] | None:
         return None
     groups = set() if text == "none" else set(text.split(","))
     if groups - set(VLM_EXTRA_GROUPS):
-        raise GoldenError(f"--vlm-extras: unknown group(s) {sorted(groups - set(VLM_EXTRA_GROUPS))}")
+        raise UsageError(f"--vlm-extras: unknown group(s) {sorted(groups - set(VLM_EXTRA_GROUPS))}")
     return groups
 
 
-def add_vlm_paths(config: dict, weights: dict, inputs: Inputs, vocab: int, groups: set[str],
+def add_vlm_paths(spec: ModelSpec, weights: dict, inputs: Inputs, groups: set[str],
                   seed: int, results: list, store: dict, variant: str) -> dict:
     """Run the same weights through mlx-vlm's LanguageModel: an mlx_vlm path on every text
     scenario of results, then the vlm-only scenarios of `groups` appended to results. Adds the
     inputs the schedules read to store; returns the /config attrs and the /rope_index cases."""
-    module, model_config, lm = build_vlm_model(config)
+    module, model_config, lm, vlm_json = build_vlm_model(spec)
     load_vlm_weights(module, model_config, lm, weights)
-    store.update(vlm_inputs(lm, inputs, seed, vocab))
+    token_ids = TokenIds(spec.token_ids, spec.vocab_size)
+    merge = model_config.vision_config.spatial_merge_size
+    store.update(vlm_inputs(lm, inputs, seed, spec.vocab_size, token_ids, merge))
     check_vlm_recording_is_transparent(lm, inputs.token_ids)
     # The mlx-lm text schedules, through mlx-vlm's LanguageModel.
     for sc, paths in results:
@@ -386,7 +408,7 @@ def add_vlm_paths(config: dict, weights: dict, inputs: Inputs, vocab: int, group
         length = inputs.batch_tokens.shape[1] if sc.kind == "batch" else inputs.token_ids.shape[1]
         schedule = vlm_text_schedule(sc, length)
         snapshot = len(sc.calls) if sc.name == "full_prefill" and "cache" in groups else None
-        result = run_vlm_schedule(lm, schedule, store, snapshot)
+        result = run_vlm_schedule(lm, schedule, store, snapshot, f"running scenario {sc.name}")
         check_finite(sc, result)
         paths[VLM_PATH] = PathRun(result, vlm_logits_positions(sc.calls), schedule)
         lm_logits = paths[LM_PATH].result.logits
@@ -403,7 +425,7 @@ def add_vlm_paths(config: dict, weights: dict, inputs: Inputs, vocab: int, group
         for path, schedule in vs.paths.items():
             if [c["length"] for c in schedule] != vs.calls:
                 raise GoldenError(f"{vs.name}/{path}: schedule does not match calls {vs.calls}")
-            result = run_vlm_schedule(lm, schedule, store, None)
+            result = run_vlm_schedule(lm, schedule, store, None, f"running scenario {vs.name}/{path}")
             check_finite(vs, result)
             paths[path] = PathRun(result, vs.logits_positions(), schedule)
         note = ""
@@ -412,27 +434,28 @@ def add_vlm_paths(config: dict, weights: dict, inputs: Inputs, vocab: int, group
             note = f" hazard |library - correct| = {gap:.3f}"
         results.append((vs, paths))
         log(f"  {VLM_PATH:<10} {vs.name:<30} calls={len(vs.calls):<3}{note} ({time.monotonic() - t:.2f}s)")
-    meta = {"vlm_json": json.dumps(vlm_model_params(config)),
+    meta = {"vlm_json": vlm_json,
             "vlm_effective_json": json.dumps(vlm_effective_config(lm, model_config)),
-            "rope_cases": rope_index_cases(lm)}
+            "rope_cases": rope_index_cases(lm, token_ids, merge)}
     if "vision" in groups:
         prompts = VISION_PROMPTS_BY_VARIANT.get(variant, tuple(vision.PROMPTS))
-        meta["vision"] = add_image_scenarios(config, weights, seed, results, store, prompts)
+        meta["vision"] = add_image_scenarios(spec, weights, token_ids, seed, results, store, prompts)
     return meta
 
 
-def add_image_scenarios(config: dict, weights: dict, seed: int, results: list, store: dict,
-                        prompts: tuple):
+def add_image_scenarios(spec: ModelSpec, weights: dict, token_ids: TokenIds, seed: int,
+                        results: list, store: dict, prompts: tuple):
     """The vision group: mlx-vlm's whole model on the image prompts of vision.py."""
     try:
-        cap = vision.capture(config, weights, VISION_TOKEN_IDS, seed, TEXT_ID_LIMIT, prompts)
+        cap = vision.capture(spec, weights, token_ids, seed, prompts)
     except vision.VisionError as exc:
         raise GoldenError(f"vision: {exc}") from exc
     store.update(vision.input_datasets(cap))
     for prompt in cap.prompts:
         t = time.monotonic()
         vs = image_scenario(prompt, vision.DECODE_STEPS)
-        result = run_vlm_schedule(cap.language_model, vs.paths[VLM_PATH], store, None)
+        result = run_vlm_schedule(cap.language_model, vs.paths[VLM_PATH], store, None,
+                                  f"running scenario {vs.name}")
         check_finite(vs, result)
         results.append((vs, {VLM_PATH: PathRun(result, vs.logits_positions(), vs.paths[VLM_PATH])}))
         log(f"  {VLM_PATH:<10} {vs.name:<30} calls={len(vs.calls):<3} image grids "
