@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from . import probes
+from . import probes, vision
 from .checkpoints import CHECKPOINT_GOLDEN, golden_from_model, make_checkpoint
 from .configs import effective_config, read_config
 from .errors import GoldenError, UsageError, log
@@ -29,6 +29,8 @@ def golden_from_config(args, tmp: Path) -> None:
     variant = args.variant or args.config.name.removesuffix(".json")
     groups = vlm_groups(args, variant)
     spec = read_config(args.config)
+    if groups and "vision" in groups:
+        vision.read_config(spec)   # a vision_config that cannot work is refused before the runs
     model = build_model(spec.lm_config())
     weights = load_random_weights(model, args.seed)
     effective = effective_config(model)

@@ -37,9 +37,9 @@ from .scenarios import (IMAGE_GRID_BLOCKS, LM_PATH, MROPE_DECODE_STEPS, SMALL_BA
 # defaults 248045..248057 lie outside small vocabularies) or, without them, V-5..V-2 (995..998
 # for the tiny vocabulary of 1000): configs.special_token_ids. Text ids never collide with
 # them: inputs.TokenIds.
-# golden/ has a size budget: 22.5 MB with golden/checkpoints/ (hard limit 24 MB, the rest kept
-# for probes). The text schedules through mlx-vlm are written for every random-weight variant;
-# these groups of vlm-only content are written where the table says:
+# golden/ has a size budget (docs/golden-format.md, "Committed goldens and the size budget").
+# The text schedules through mlx-vlm are written for every random-weight variant; these groups
+# of vlm-only content are written where the table says:
 #   cache    cache_after on full_prefill/mlx_vlm (the chunked scan's final state)
 #   vectors  mrope_prefix_decode, mrope_full_decode (the upstream prefill/decode vector)
 #   sweeps   mrope_chunked_{boundary,later}_stepN (both upstream chunk cases, every step)
