@@ -65,7 +65,8 @@ endif
 golden-check: venv
 	$(PYTHON) tools/golden_check.py --checkpoints "$(CHECKPOINTS)"
 
-## test-tools: tests of the golden tools (review/history, freshness check, atomic writes)
+## test-tools: tests of the golden tools (review/history, freshness check, atomic writes, configs:
+## refused ones, the config forms, library findings)
 test-tools: venv
 	$(PYTHON) -m unittest discover -s tools -p "test_*.py" -v
 
