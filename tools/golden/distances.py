@@ -8,6 +8,7 @@ decode and whole-prompt runs of one MRoPE prompt differ by an amount that depend
 The unified model's MRoPE route does mlx-vlm's arithmetic, so for every pair below its distance
 must equal the library's exactly. The pairs and their labels are those of the Swift invariants
 (Sources/ParityEngine/UnifiedInvariants.swift); both sides build them the same way.
+Hooked into vlm_paths.add_vlm_paths, written by writing.write_golden.
 
 Nothing here re-implements the model: every number is a distance between two runs of the
 library, measured on its float32 logits like the Swift side (max |a - b| over finite elements,
@@ -22,7 +23,8 @@ import numpy as np
 
 import mlx.core as mx
 
-SOURCE = "tools/golden_distances.py"
+from .provenance import component
+
 GROUP = "/library_distances"
 # Upstream's tests allow 1e-4 for prefill/decode consistency and chunked MRoPE prefill
 # (docs: upstream-change.md); a library distance above it is a finding about the library.
@@ -133,11 +135,12 @@ def measure(lm, store: dict, text_prompt: np.ndarray) -> dict[str, list[dict]]:
     return {"unified-mrope-prefix-decode": prefix_decode, "unified-mrope-chunked-sweep": sweep}
 
 
-def write(root, distances: dict[str, list[dict]], library: str, sha256: str) -> None:
+def write(root, distances: dict[str, list[dict]] | None, library: str) -> None:
     """/library_distances/<invariant> with attrs pairs_json, library, upstream_bound."""
+    if not distances:
+        return
     group = root.create_group(GROUP.strip("/"))
-    group.attrs["generator"] = SOURCE
-    group.attrs["generator_sha256"] = sha256
+    group.attrs["generator"], group.attrs["generator_sha256"] = component(__file__)
     for invariant, pairs in distances.items():
         g = group.create_group(invariant)
         g.attrs["pairs_json"] = json.dumps(pairs)

@@ -22,7 +22,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_vlm.models import cache as vlm_cache
 
-from . import vision
+from . import distances, vision
 from .configs import SPECIAL_TOKEN_KEYS, ModelSpec
 from .errors import GoldenError, UsageError, library, log
 from .inputs import Inputs, TokenIds
@@ -434,9 +434,16 @@ def add_vlm_paths(spec: ModelSpec, weights: dict, inputs: Inputs, groups: set[st
             note = f" hazard |library - correct| = {gap:.3f}"
         results.append((vs, paths))
         log(f"  {VLM_PATH:<10} {vs.name:<30} calls={len(vs.calls):<3}{note} ({time.monotonic() - t:.2f}s)")
+    t = time.monotonic()
+    with library("mlx-vlm", "measuring its own MRoPE schedule distances"):
+        measured = distances.measure(lm, store, inputs.token_ids)
+    worst = {k: max((p["max_abs"] for p in v), default=0.0) for k, v in measured.items()}
+    log(f"  {VLM_PATH:<10} library distances: " + ", ".join(f"{k} <= {w:.2e} ({len(measured[k])} pairs)" for k, w in worst.items())
+        + f" ({time.monotonic() - t:.2f}s)")
     meta = {"vlm_json": vlm_json,
             "vlm_effective_json": json.dumps(vlm_effective_config(lm, model_config)),
-            "rope_cases": rope_index_cases(lm, token_ids, merge)}
+            "rope_cases": rope_index_cases(lm, token_ids, merge),
+            "library_distances": measured}
     if "vision" in groups:
         prompts = VISION_PROMPTS_BY_VARIANT.get(variant, tuple(vision.PROMPTS))
         meta["vision"] = add_image_scenarios(spec, weights, token_ids, seed, results, store, prompts)

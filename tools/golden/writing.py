@@ -13,9 +13,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import probes, vision
+from . import distances, probes, vision
 from .errors import UsageError
-from .provenance import REPO_ROOT
+from .provenance import REPO_ROOT, versions
 from .recording import PathRun
 
 
@@ -108,6 +108,7 @@ def write_golden(path: Path, meta: dict, weights: dict | None, store: dict, resu
         for sc, paths in results:
             write_scenario(f, sc, paths, shared)
         probes.write(f, meta.get("probes"), shared, put)
+        distances.write(f, meta.get("library_distances"), f"mlx-vlm {versions()['mlx_vlm']}")
         vision.write(f, meta.get("vision"), shared, put)
 
 
