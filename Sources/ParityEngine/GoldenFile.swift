@@ -254,6 +254,13 @@ extension GoldenFile {
             guard let theirs = (effective[key] as? NSNumber)?.doubleValue else { differences.append("\(key) missing"); return }
             if theirs != mine { differences.append("\(key): Swift \(mine), mlx-vlm \(theirs)") }
         }
+        // Both mirrors are built over the one set of weights mlx-lm's config names.
+        for (key, mine, lm) in [("num_experts", textConfig.numExperts, config.numExperts),
+                                ("num_experts_per_tok", textConfig.numExpertsPerTok, config.numExpertsPerTok),
+                                ("num_hidden_layers", textConfig.numHiddenLayers, config.numHiddenLayers),
+                                ("hidden_size", textConfig.hiddenSize, config.hiddenSize)] where mine != lm {
+            differences.append("\(key): mlx-vlm's text config \(mine), mlx-lm's \(lm)")
+        }
         check("rotary_dims", Double(textConfig.rotaryDims))
         check("rope_theta", textConfig.ropeTheta)
         check("head_dim", Double(textConfig.headDim))
