@@ -24,10 +24,10 @@ import Testing
 
     static let invariant = Invariant(id: "test-library", compares: "test", tolerance: .library) { _ in [] }
 
-    func measurement(_ maxAbs: Float, differing: Int, library: LibraryPair?) -> Measurement {
+    func measurement(_ maxAbs: Float, differing: Int, library: LibraryPair?) -> ParityEngine.Measurement {
         var d = Difference()
         d.maxAbs = maxAbs; d.differingElements = differing; d.compared = 100
-        var m = Measurement(label: "pair", difference: d)
+        var m = ParityEngine.Measurement(label: "pair", difference: d)
         m.library = library; m.libraryName = "mlx-vlm"; m.upstreamBound = 1e-4
         return m
     }
@@ -37,7 +37,7 @@ import Testing
     @Test func libraryClassMeansEqualPairByPair() throws {
         let golden = try GoldenFile(path: goldenDirectory.appendingPathComponent("tiny-dense.h5").path)
         let lib = LibraryPair(maxAbs: 3e-5, differing: 40, compared: 100)
-        func verdict(_ m: Measurement) -> InvariantRow.Verdict { InvariantRegistry.judge(Self.invariant, [m], golden).verdict }
+        func verdict(_ m: ParityEngine.Measurement) -> InvariantRow.Verdict { InvariantRegistry.judge(Self.invariant, [m], golden).verdict }
         #expect(verdict(measurement(3e-5, differing: 40, library: lib)) == .pass)
         #expect(verdict(measurement(Float(3e-5).nextUp, differing: 40, library: lib)) == .fail)
         #expect(verdict(measurement(Float(3e-5).nextDown, differing: 40, library: lib)) == .fail)
