@@ -42,4 +42,26 @@ static inline hid_t qp_H5T_STD_I64LE(void) { return H5T_STD_I64LE; }
 static inline hid_t qp_H5T_C_S1(void) { return H5T_C_S1; }
 static inline size_t qp_H5T_VARIABLE(void) { return H5T_VARIABLE; }
 
+// Link names of a group in the order its index stores them (H5_ITER_NATIVE). Dense groups are
+// then walked straight through their B-tree; by-index lookups (H5Lget_name_by_idx) build and
+// release a link table, which on a corrupted fractal heap frees a garbage pointer inside
+// HDF5 1.10 (found by a bit flip in the bad-input corpus). `cb` gets each name; it returns
+// non-zero to stop. Returns < 0 on failure.
+typedef int (*qp_link_name_cb)(const char *name, void *context);
+struct qp_link_names_context { qp_link_name_cb cb; void *context; };
+static inline herr_t qp_link_names_visit(hid_t group, const char *name, const H5L_info_t *info, void *data) {
+    (void)group; (void)info;
+    struct qp_link_names_context *c = (struct qp_link_names_context *)data;
+    return c->cb(name, c->context);
+}
+static inline herr_t qp_link_names(hid_t group, qp_link_name_cb cb, void *context) {
+    struct qp_link_names_context c = { cb, context };
+    hsize_t index = 0;
+#if H5_VERSION_GE(1, 12, 0)
+    return H5Literate1(group, H5_INDEX_NAME, H5_ITER_NATIVE, &index, qp_link_names_visit, &c);
+#else
+    return H5Literate(group, H5_INDEX_NAME, H5_ITER_NATIVE, &index, qp_link_names_visit, &c);
+#endif
+}
+
 #endif

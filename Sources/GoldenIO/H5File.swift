@@ -129,24 +129,16 @@ public final class H5File: @unchecked Sendable {  // all mutable state is guarde
         return try withH5Lock {
             let gid = try openObject(group, expecting: .group)
             defer { _ = H5Oclose(gid) }
-            var info = H5G_info_t()
-            guard H5Gget_info(gid, &info) >= 0 else { throw GoldenIOError.readFailed(file: path, path: group) }
-            var names: [String] = []
-            var index: hsize_t = 0
-            while index < info.nlinks {
-                let length = H5Lget_name_by_idx(gid, ".", H5_INDEX_NAME, H5_ITER_INC, index, nil, 0, qp_H5P_DEFAULT())
-                guard length >= 0, allocationIsSane(count: Int(length), stride: 1) else {
-                    throw GoldenIOError.readFailed(file: path, path: group)
-                }
-                var buffer = [CChar](repeating: 0, count: Int(length) + 1)
-                guard H5Lget_name_by_idx(gid, ".", H5_INDEX_NAME, H5_ITER_INC, index, &buffer, buffer.count,
-                                         qp_H5P_DEFAULT()) == length else {
-                    throw GoldenIOError.readFailed(file: path, path: group)
-                }
-                names.append(String(decoding: buffer.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self))
-                index += 1
-            }
-            return names.sorted()
+            // Walked in index order with a callback, not by index: see qp_link_names in the shim.
+            final class Names { var list: [String] = [] }
+            let names = Names()
+            let status = qp_link_names(gid, { name, context in
+                guard let name, let context else { return -1 }
+                Unmanaged<Names>.fromOpaque(context).takeUnretainedValue().list.append(String(cString: name))
+                return 0
+            }, Unmanaged.passUnretained(names).toOpaque())
+            guard status >= 0 else { throw GoldenIOError.readFailed(file: path, path: group) }
+            return names.list.sorted()
         }
     }
 

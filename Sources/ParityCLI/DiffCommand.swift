@@ -11,8 +11,12 @@ public struct DiffCommand: ParsableCommand {
         abstract: "Per-layer diff of two sides on a golden scenario: first divergent layer and sub-step, logit metrics, and a 2-of-3 vote.",
         discussion: """
         Sides: \(DiffSides.registered.map { "\($0.id) (\($0.summary))" }.joined(separator: "; ")).
-        Sides with the same numerics (golden-lm and lm) are compared bit for bit; others within 2e-5.
-        Goldens store sub-steps only as probes (full_prefill, one GatedDeltaNet and one attention layer).
+        Sides that follow the same library (golden-lm and lm; golden-vlm and vlm) are compared bit for bit.
+        Sides that follow different libraries are bounded item by item by the libraries' own distance on
+        this golden (its stored mlx_lm and mlx_vlm results), and the top-1 noise floor is twice their logits
+        distance; the report says where each came from. Goldens store sub-steps as probes in one
+        GatedDeltaNet and one attention layer of a scenario of each kind (see 'inspect FILE --group /probes');
+        implementation sides trace every layer and every scenario.
         Exit status: 0 when a and b agree (and no side departs in the vote), 1 when they differ, 2 when the
         diff cannot run (64 for a bad command line).
         """)

@@ -149,7 +149,7 @@ public struct ImplementationSide: DiffSide {
         var substitutes = ScheduleSubstitutes()
         if request.scenario.kind == .image {
             // The side embeds the prompt itself, then runs the language calls on its own result.
-            guard let tower, let vlm = model as? VLMTextModel else {
+            guard let tower, let (vlm, _) = FaultedModel.vlmMirror(model, tracing: nil) else {
                 throw GoldenError.invalid(file: request.golden.path, path: "/scenarios/\(request.scenario.name)",
                                           reason: "an image prompt needs the vlm mirror side and the golden's /vision tower (side \(id))")
             }

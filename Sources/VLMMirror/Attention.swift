@@ -45,20 +45,16 @@ struct Attention {
                         rope given: (positions: VLMPositions, angles: RotaryAngles)?, trace: SubStepTrace) -> Tensor {
         let (B, L, hd) = (x.shape[0], x.shape[1], headDim)
         // Traced with the shapes the golden probes use (ParityCore SubSteps).
-        let queryProjection = x.linear(qProj, bias: qBias)
-        trace("q_proj", queryProjection)
+        // Each sub-step goes through a tap: recorded, and what the layer continues with.
+        let queryProjection = trace.tap("q_proj", x.linear(qProj, bias: qBias))
         let packed = queryProjection.reshaped([B, L, heads, 2 * hd])   // per head [query ‖ gate]
-        let gate = packed.slice(axis: 3, start: hd, length: hd).reshaped([B, L, heads * hd])
-        trace("gate", gate)
-        let keyProjection = x.linear(kProj, bias: kBias)
-        trace("k_proj", keyProjection)
-        let qNormed = packed.slice(axis: 3, start: 0, length: hd).rmsNorm(weight: qNorm, eps: eps)
-        let kNormed = keyProjection.reshaped([B, L, kvHeads, hd]).rmsNorm(weight: kNorm, eps: eps)
-        trace("q_normed", qNormed); trace("k_normed", kNormed)
+        let gate = trace.tap("gate", packed.slice(axis: 3, start: hd, length: hd).reshaped([B, L, heads * hd]))
+        let keyProjection = trace.tap("k_proj", x.linear(kProj, bias: kBias))
+        let qNormed = trace.tap("q_normed", packed.slice(axis: 3, start: 0, length: hd).rmsNorm(weight: qNorm, eps: eps))
+        let kNormed = trace.tap("k_normed", keyProjection.reshaped([B, L, kvHeads, hd]).rmsNorm(weight: kNorm, eps: eps))
         var q = qNormed.permuted([0, 2, 1, 3])
         var k = kNormed.permuted([0, 2, 1, 3])
-        let v = x.linear(vProj, bias: vBias).reshaped([B, L, kvHeads, hd]).permuted([0, 2, 1, 3])
-        trace("v", v)
+        let v = trace.tap("v", x.linear(vProj, bias: vBias).reshaped([B, L, kvHeads, hd]).permuted([0, 2, 1, 3]))
 
         let offsets = BookkeepingSteps.cacheOffsets(cache?.offsets(batch: B) ?? [Int](repeating: 0, count: B), trace: trace)
         var positions = given?.positions.threeAxes ?? positionsFromOffset(offsets, padded: cache?.leftPadding != nil, length: L)
@@ -75,7 +71,8 @@ struct Attention {
         let rope = angles ?? rotary.angles(positions)
         MRoPE.apply(&q, rope)
         MRoPE.apply(&k, rope)
-        trace("q_rope", q); trace("k_rope", k)
+        q = trace.tap("q_rope", q)
+        k = trace.tap("k_rope", k)
 
         var keys = k, values = v
         if var c = cache {
@@ -85,14 +82,10 @@ struct Attention {
             cache = c
         }
         let visible = Self.intervals(mask, batch: B, queries: L, keys: keys.shape[2]).tapped(trace)
-        let attended = attend(q, keys, values, mask: mask, visible: visible)     // [B, H, L, hd]
-        trace("sdpa", attended)
+        let attended = trace.tap("sdpa", attend(q, keys, values, mask: mask, visible: visible))     // [B, H, L, hd]
         var out = attended.permuted([0, 2, 1, 3]).reshaped([B, L, heads * hd])
         for i in out.data.indices { out.data[i] *= Activation.sigmoid(gate.data[i]) }
-        trace("gated", out)
-        let projected = out.linear(oProj, bias: oBias)
-        trace("o_proj", projected)
-        return projected
+        return trace.tap("o_proj", trace.tap("gated", out).linear(oProj, bias: oBias))
     }
 
     /// `position_ids is None`: `offset + arange(L)` on all three axes, per row (clamped at 0)
