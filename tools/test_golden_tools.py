@@ -66,7 +66,9 @@ class ReviewAndHistory(unittest.TestCase):
             self.assertEqual(out.read_bytes(), original)
             # ... but it showed what would move, per scenario, path and layer.
             self.assertRegex(run.stderr, r"no_cache/mlx_lm: embeddings [0-9.e+-]+, layer 0 ")
-            self.assertIn("/weights/language_model.lm_head.weight: values:", run.stderr)
+            # (the first 40 changed datasets in path order: the inputs, then prefix_decode's probes)
+            self.assertIn("/inputs/token_ids: values:", run.stderr)
+            self.assertIn("/probes/prefix_decode/mlx_lm/layer_00_gdn/final_state: values:", run.stderr)
 
             run = generate("--config", str(CONFIG), "--out", str(out), *LM_ONLY, "--seed", "7",
                            "--reason", "new seed for the test")

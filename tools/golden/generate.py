@@ -15,7 +15,7 @@ from .checkpoints import CHECKPOINT_GOLDEN, golden_from_model, make_checkpoint
 from .configs import effective_config, read_config
 from .errors import GoldenError, UsageError, log
 from .inputs import check_token_ids, make_inputs
-from .lm_paths import build_model, load_random_weights, run_all
+from .lm_paths import build_model, load_random_weights, run_all, run_scenario
 from .provenance import root_attrs
 from .review import review
 from .scenarios import DEFAULT_SCENARIOS, LM_PATH, MIN_PROMPT_LENGTH, scenario_list
@@ -42,13 +42,15 @@ def golden_from_config(args, tmp: Path) -> None:
                zip(scenarios, run_all(model, scenarios, inputs, LM_PATH))]
     store = inputs.datasets()
     try:
-        probe_data = probes.capture(model, inputs.token_ids,
-                                    [(sc, paths[LM_PATH].result) for sc, paths in results])
+        probe_data = probes.capture_lm(model, inputs,
+                                       [(sc, paths[LM_PATH].result) for sc, paths in results],
+                                       run_scenario)
     except probes.ProbeError as exc:
         raise GoldenError(f"probes: {exc}") from exc
-    meta = {"raw_json": spec.raw_json, "effective_json": json.dumps(effective), "probes": probe_data}
+    meta = {"raw_json": spec.raw_json, "effective_json": json.dumps(effective)}
     if groups is not None:
         meta |= add_vlm_paths(spec, weights, inputs, groups, args.seed, results, store, variant)
+    meta["probes"] = probe_data + meta.pop("vlm_probes", [])
     meta["root"] = root_attrs(args, variant, "float32", [sc.definition() for sc, _ in results]) \
         | {"weights_source": "random"}
     check_token_ids(store, meta.get("rope_cases", []), effective["vocab_size"])

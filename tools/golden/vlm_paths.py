@@ -22,7 +22,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_vlm.models import cache as vlm_cache
 
-from . import distances, vision
+from . import distances, probes, vision
 from .configs import SPECIAL_TOKEN_KEYS, ModelSpec
 from .errors import GoldenError, UsageError, library, log
 from .inputs import Inputs, TokenIds
@@ -417,6 +417,7 @@ def add_vlm_paths(spec: ModelSpec, weights: dict, inputs: Inputs, groups: set[st
             valid[:, :] = np.arange(lm_logits.shape[1])[None, :] >= inputs.left_padding[:, None]
         gap = float(np.abs(np.where(valid[..., None], lm_logits - result.logits, 0)).max())
         log(f"  {VLM_PATH:<10} {sc.name:<20} |lm-vlm logits|={gap:.2e} ({time.monotonic() - t:.2f}s)")
+    probed: list[dict] = []
     for vs in mrope_scenarios() + hazard_scenarios():
         if vs.group not in groups:
             continue
@@ -425,9 +426,13 @@ def add_vlm_paths(spec: ModelSpec, weights: dict, inputs: Inputs, groups: set[st
         for path, schedule in vs.paths.items():
             if [c["length"] for c in schedule] != vs.calls:
                 raise GoldenError(f"{vs.name}/{path}: schedule does not match calls {vs.calls}")
-            result = run_vlm_schedule(lm, schedule, store, None, f"running scenario {vs.name}/{path}")
+            doing = f"running scenario {vs.name}/{path}"
+            result = run_vlm_schedule(lm, schedule, store, None, doing)
             check_finite(vs, result)
             paths[path] = PathRun(result, vs.logits_positions(), schedule)
+            if probes.wanted(vs.name, path):
+                probed.append(probe(lm, vs, path, lambda: run_vlm_schedule(lm, schedule, store, None, doing),
+                                    result))
         note = ""
         if VLM_CORRECT_PATH in paths:
             gap = np.abs(paths[VLM_PATH].result.logits - paths[VLM_CORRECT_PATH].result.logits).max()
@@ -443,16 +448,27 @@ def add_vlm_paths(spec: ModelSpec, weights: dict, inputs: Inputs, groups: set[st
     meta = {"vlm_json": vlm_json,
             "vlm_effective_json": json.dumps(vlm_effective_config(lm, model_config)),
             "rope_cases": rope_index_cases(lm, token_ids, merge),
-            "library_distances": measured}
+            "library_distances": measured, "vlm_probes": probed}
     if "vision" in groups:
         prompts = VISION_PROMPTS_BY_VARIANT.get(variant, tuple(vision.PROMPTS))
-        meta["vision"] = add_image_scenarios(spec, weights, token_ids, seed, results, store, prompts)
+        meta["vision"] = add_image_scenarios(spec, weights, token_ids, seed, results, store, prompts,
+                                             probed)
     return meta
 
 
+def probe(lm, vs: VlmScenario, path: str, run, reference) -> dict:
+    """The scenario's path run once more with sub-step probes on (probes.py)."""
+    try:
+        layers = probes.capture_run(lm, "mlx-vlm", f"{vs.name}/{path}", vs.calls, run, reference)
+    except probes.ProbeError as exc:
+        raise GoldenError(f"probes: {exc}") from exc
+    return {"scenario": vs.name, "path": path, "layers": layers}
+
+
 def add_image_scenarios(spec: ModelSpec, weights: dict, token_ids: TokenIds, seed: int,
-                        results: list, store: dict, prompts: tuple):
-    """The vision group: mlx-vlm's whole model on the image prompts of vision.py."""
+                        results: list, store: dict, prompts: tuple, probed: list):
+    """The vision group: mlx-vlm's whole model on the image prompts of vision.py; the first
+    one's language calls probed (appended to probed)."""
     try:
         cap = vision.capture(spec, weights, token_ids, seed, prompts)
     except vision.VisionError as exc:
@@ -461,9 +477,12 @@ def add_image_scenarios(spec: ModelSpec, weights: dict, token_ids: TokenIds, see
     for prompt in cap.prompts:
         t = time.monotonic()
         vs = image_scenario(prompt, vision.DECODE_STEPS)
-        result = run_vlm_schedule(cap.language_model, vs.paths[VLM_PATH], store, None,
-                                  f"running scenario {vs.name}")
+        run = lambda: run_vlm_schedule(cap.language_model, vs.paths[VLM_PATH], store, None,
+                                       f"running scenario {vs.name}")
+        result = run()
         check_finite(vs, result)
+        if prompt is cap.prompts[0] and probes.wanted(vs.name, VLM_PATH):
+            probed.append(probe(cap.language_model, vs, VLM_PATH, run, result))
         results.append((vs, {VLM_PATH: PathRun(result, vs.logits_positions(), vs.paths[VLM_PATH])}))
         log(f"  {VLM_PATH:<10} {vs.name:<30} calls={len(vs.calls):<3} image grids "
             f"{prompt.image_grid_thw.tolist()} ({time.monotonic() - t:.2f}s)")
