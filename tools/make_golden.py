@@ -62,6 +62,7 @@ try:
     from mlx_vlm.models import cache as vlm_cache
     import golden_probes  # tools/golden_probes.py: sub-step probes (docs/golden-format.md)
     import golden_vision  # tools/golden_vision.py: image prompts through the vision tower
+    import golden_candidates  # tools/golden_candidates.py: a user's implementation as a path
 except ImportError as exc:  # pragma: no cover - environment problem, not a code path
     sys.exit(f"make_golden: error: {exc}. Install the pinned packages: "
              f"pip install -r tools/requirements.txt")
@@ -1291,6 +1292,7 @@ def write_golden(path: Path, meta: dict, weights: dict | None, store: dict, resu
             write_scenario(f, sc, paths, shared)
         golden_probes.write(f, meta.get("probes"), shared, put)
         golden_vision.write(f, meta.get("vision"), shared, put)
+        golden_candidates.write(f, meta.get("candidate"), shared, put)
 
 
 def temp_sibling(out: Path) -> Path:
@@ -1381,6 +1383,10 @@ def golden_from_config(args, tmp: Path) -> None:
     if groups is not None:
         meta |= add_vlm_paths(config, weights, inputs, effective["vocab_size"], groups, args.seed,
                               results, store, variant)
+    if args.candidate is not None:
+        meta["candidate"] = golden_candidates.run(
+            args, args.candidate_info, config, vlm_model_params(config) if groups is not None else None,
+            effective, weights, store, results, log)
     meta["root"] = root_attrs(args, variant, "float32", [sc.definition() for sc, _ in results]) \
         | {"weights_source": "random"}
     write_golden(tmp, meta, weights, store, results)
@@ -1575,6 +1581,12 @@ def parse_args(argv):
     ap.add_argument("--variant", default=None,
                     help="variant name stored in the root attrs (default: the config file "
                          "name without .json, or the directory name)")
+    ap.add_argument("--candidate", type=Path, default=None, metavar="ADAPTER",
+                    help="also run this adapter file (a user's implementation; interface: "
+                         "tools/golden_candidates.py) through every scenario it can run and store "
+                         "it as the path candidate:<name>; --config goldens only, never into golden/")
+    ap.add_argument("--candidate-python", default=None, metavar="PYTHON",
+                    help="the interpreter that runs the adapter (its own virtualenv; default: this one)")
     ap.add_argument("--reason", default=None,
                     help="why this regeneration changes the golden; stored in history_json "
                          "(asked for on a terminal when omitted and something changed)")
@@ -1584,6 +1596,8 @@ def parse_args(argv):
         args.prompt_length = 24 if model_dir else 32
     if args.make_checkpoint and args.config is None:
         ap.error("--make-checkpoint needs --config")
+    if model_dir and args.candidate is not None:
+        ap.error("--candidate applies to --config goldens (random weights)")
     if model_dir and args.vlm_extras is not None:
         ap.error("--vlm-extras applies to random-weight goldens; model directories have "
                  "mlx-lm paths only")
@@ -1594,7 +1608,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         generate(args)
-    except GoldenError as exc:
+    except (GoldenError, golden_candidates.CandidateError) as exc:
         log(f"error: {exc}")
         return 2
     return 0
@@ -1612,6 +1626,9 @@ def generate(args) -> None:
         # /inputs/batch always holds rows of length L, L-9, L-17, each at least one token
         raise GoldenError(f"--prompt-length must be >= {MIN_PROMPT_LENGTH}")
     mx.set_default_device(mx.cpu)  # goldens are CPU results; Metal differs at the ulp level
+    if args.candidate is not None:  # a broken adapter fails before any reference runs
+        golden_candidates.check_output(args, REPO_ROOT)
+        args.candidate_info = golden_candidates.preflight(args, log)
     for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a run that was killed
         discard(stale)
 
