@@ -11,6 +11,9 @@ public struct DiffCommand: ParsableCommand {
         abstract: "Per-layer diff of two sides on a golden scenario: first divergent layer and sub-step, logit metrics, and a 2-of-3 vote.",
         discussion: """
         Sides: \(DiffSides.registered.map { "\($0.id) (\($0.summary))" }.joined(separator: "; ")).
+        candidate:<name> is a user's implementation stored in the golden by make_golden.py --candidate; it takes the \
+        numerics of the reference it must equal on the scenario (mlx-lm on text schedules in the unified design, \
+        mlx-vlm on MRoPE and image prompts), so it is compared with that reference's sides bit for bit.
         Sides with the same numerics (golden-lm and lm) are compared bit for bit; others within 2e-5.
         Goldens store sub-steps only as probes (full_prefill, one GatedDeltaNet and one attention layer).
         Exit status: 0 when a and b agree (and no side departs in the vote), 1 when they differ, 2 when the
@@ -47,8 +50,8 @@ public struct DiffCommand: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        for side in [a, b, c].compactMap({ $0 }) where !DiffSides.names.contains(side) {
-            throw ValidationError("unknown side '\(side)'; known: \(DiffSides.names.joined(separator: ", "))")
+        for side in [a, b, c].compactMap({ $0 }) where !DiffSides.recognises(side) {
+            throw ValidationError("unknown side '\(side)'; known: \(DiffSides.names.joined(separator: ", ")), candidate:<name>")
         }
         if let fault { _ = try parse(fault: fault) }
         if let tolerance { _ = try parse(tolerance: tolerance) }
@@ -81,7 +84,7 @@ public struct DiffCommand: ParsableCommand {
                 cached = w
                 return w
             }
-            var sides = try ([a, b] + (c.map { [$0] } ?? [])).map { try DiffSides.make($0, golden: golden, weights: weights) }
+            var sides = try ([a, b] + (c.map { [$0] } ?? [])).map { try DiffSides.make($0, golden: golden, scenario: scenario, weights: weights) }
             var command = "qwen-parity diff \(file) --scenario \(scenario) --a \(a) --b \(b)"
             if let fault {
                 let f = try parse(fault: fault)
