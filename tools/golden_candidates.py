@@ -94,7 +94,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -591,6 +590,11 @@ class _Run:
         return np.concatenate(rows)
 
     def _call_substeps(self, plan, where, records):
+        for layer, names in records.items():
+            for name, values in names.items():
+                for v in values:
+                    if not isinstance(v, self.mx.array):
+                        self._fail(plan, where, f"sub-step {name} of layer {layer} is a {type(v).__name__}, expected an mx.array")
         self.mx.eval([v for layer in records.values() for vs in layer.values() for v in vs])
         out = {}
         for layer, names in records.items():
@@ -599,8 +603,6 @@ class _Run:
                 if len(values) != 1:
                     continue
                 v = values[0]
-                if not isinstance(v, self.mx.array):
-                    self._fail(plan, where, f"sub-step {name} of layer {layer} is a {type(v).__name__}, expected an mx.array")
                 a = np.array(v.astype(self.mx.float32) if v.dtype != self.mx.float32 and
                              self.mx.issubdtype(v.dtype, self.mx.floating) else v).astype(np.float32)
                 if not np.all(np.isfinite(a)):
@@ -769,6 +771,14 @@ def _child(python: str, job_dir: Path, log) -> dict:
     return json.loads((job_dir / "result.json").read_text())
 
 
+@contextmanager
+def _kept_dir(path: Path):
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "result.npz", "error.json"):
+        (path / stale).unlink(missing_ok=True)
+    yield str(path)
+
+
 def preflight(args, log) -> dict:
     """Import the adapter in its interpreter and read NAME, TEXT_ROUTE, describe(): a broken
     adapter fails before any reference runs."""
@@ -906,7 +916,10 @@ def run(args, info: dict, config: dict, vlm_config: dict | None, effective: dict
                             "recurrent_state": [effective["linear_num_value_heads"], effective["linear_value_head_dim"],
                                                 effective["linear_key_head_dim"]],
                             "kv_heads": effective["num_key_value_heads"], "head_dim": effective["head_dim"]}}
-    with tempfile.TemporaryDirectory(prefix="qwen-parity-candidate-") as tmp:
+    # QWEN_PARITY_CANDIDATE_JOB_DIR keeps the job (and its result) in that folder, so a failing
+    # adapter can be rerun alone: python tools/golden_candidates.py --serve DIR
+    kept = os.environ.get("QWEN_PARITY_CANDIDATE_JOB_DIR")
+    with (_kept_dir(Path(kept)) if kept else tempfile.TemporaryDirectory(prefix="qwen-parity-candidate-")) as tmp:
         job_dir = Path(tmp)
         (job_dir / "job.json").write_text(json.dumps(job))
         np.savez(job_dir / "arrays.npz", **job_arrays)

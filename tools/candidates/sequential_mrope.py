@@ -198,8 +198,7 @@ def forward(model, inputs, *, cache, input_embeddings=None, position_ids=None, a
 
 
 def substeps(model, taps):
-    import sys
-    here = sys.modules[__name__]
+    here = globals()   # this file's namespace, however it was loaded
     taps.standard(text_model(model))
     # Both routes' function-level steps, looked up where each route calls them.
     taps.function(lm_qwen3_5, "normalize_qk", lambda a, k, o: {"q_normed": o[0], "k_normed": o[1]})
