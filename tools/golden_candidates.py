@@ -83,7 +83,8 @@ Optional:
 
 Errors name the adapter file and, mid-schedule, the scenario and the call; nothing is written
 (the generator publishes the golden atomically). Exit status of --serve: 0, or 3 with
-error.json {"message": ...}.
+error.json {"message": ...}. With QWEN_PARITY_CANDIDATE_JOB_DIR=DIR the generator keeps the job
+(job.json, arrays.npz) in DIR, so an adapter can be rerun alone: golden_candidates.py --serve DIR.
 """
 
 from __future__ import annotations
