@@ -15,7 +15,7 @@ APT_PACKAGES := libopenblas-dev libhdf5-dev pkg-config
 # unoptimised, and -enable-testing lets the tests reach internal helpers.
 BUILD_FLAGS := -c release -Xswiftc -enable-testing
 
-.PHONY: deps test parity golden golden-check test-tools venv build clean bench
+.PHONY: deps test parity golden golden-check test-tools venv build clean bench sweep
 
 ## deps: install the system libraries (OpenBLAS, HDF5, pkg-config) with apt-get when missing
 deps:
@@ -43,7 +43,7 @@ parity: build
 	$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/qwen-parity check $(GOLDEN)
 
 ## golden: regenerate golden/*.h5 and golden/checkpoints/* from the pinned reference packages
-## (or one golden: CONFIG=FILE [OUT=FILE]); a change needs REASON="..." (kept in history_json).
+## (or one golden: CONFIG=FILE [OUT=FILE] [SEED=N]); a change needs REASON="..." (kept in history_json).
 ## CANDIDATE=adapter.py [CANDIDATE_PYTHON=PY] adds a user's implementation as the path
 ## candidate:<name> (tools/golden_candidates.py); such goldens go to reports/candidates/, never golden/
 CANDIDATE_OUT = reports/candidates/$(basename $(notdir $(CONFIG)))-$(basename $(notdir $(CANDIDATE))).h5
@@ -52,9 +52,10 @@ ifdef CANDIDATE
 	@test -n "$(CONFIG)" || { echo "CANDIDATE needs CONFIG=tools/configs/NAME.json"; exit 2; }
 	@mkdir -p $(dir $(or $(OUT),$(CANDIDATE_OUT)))
 	$(PYTHON) tools/make_golden.py --config $(CONFIG) --out $(or $(OUT),$(CANDIDATE_OUT)) --candidate $(CANDIDATE) \
-	  $(if $(CANDIDATE_PYTHON),--candidate-python $(CANDIDATE_PYTHON)) $(REASON_ARG)
+	  $(if $(CANDIDATE_PYTHON),--candidate-python $(CANDIDATE_PYTHON)) $(if $(SEED),--seed $(SEED)) $(REASON_ARG)
 else ifdef CONFIG
-	$(PYTHON) tools/make_golden.py --config $(CONFIG) --out $(or $(OUT),golden/$(basename $(notdir $(CONFIG))).h5) $(REASON_ARG)
+	$(PYTHON) tools/make_golden.py --config $(CONFIG) --out $(or $(OUT),golden/$(basename $(notdir $(CONFIG))).h5) \
+	  $(if $(SEED),--seed $(SEED)) $(REASON_ARG)
 else
 	@for c in $(CONFIGS); do \
 	  out=golden/$$(basename $$c .json).h5; echo "== $$c -> $$out"; \
@@ -72,9 +73,18 @@ endif
 golden-check: venv
 	$(PYTHON) tools/golden_check.py --checkpoints "$(CHECKPOINTS)"
 
-## test-tools: tests of the golden tools (review/history, freshness check, atomic writes)
+## test-tools: tests of the golden tools (review/history, freshness check, atomic writes, configs:
+## refused ones, the config forms, library findings)
 test-tools: venv
 	$(PYTHON) -m unittest discover -s tools -p "test_*.py" -v
+
+## sweep: N random valid configs of the whole family (default N=6 SEED=1, what CI runs; N=50 is
+## the full proof), each a golden in a temp folder then qwen-parity check, one row per config;
+## failing configs are saved in reports/sweep/ with their reproduce commands. SWEEP_ARGS=... for
+## more (tools/sweep.py --help)
+sweep: build venv
+	$(PYTHON) tools/sweep.py --n $(or $(N),6) --seed $(or $(SEED),1) \
+	  --checker $$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/qwen-parity $(SWEEP_ARGS)
 
 ## bench: the Swift mirror against mlx-lm and torch on the Qwen3.5-0.8B shape (BENCH_ARGS=... for options)
 BENCH_DATA := bench-data/qwen3.5-0.8b.h5

@@ -7,7 +7,7 @@
 
 `weights` writes one HDF5 file in the golden layout (docs/golden-format.md: root format_version,
 /config raw_json + effective_json, /weights/<mlx-lm runtime name>, /inputs/token_ids), so the Swift
-side loads it with the same GoldenFile code as the goldens. Values follow make_golden.py's
+side loads it with the same GoldenFile code as the goldens. Values follow the golden generator's
 initialisation rules (norms around 1, A_log, dt_bias, fan-in scaled linears, tied embedding rows of
 norm ~1), drawn from a fixed seed.
 
@@ -19,7 +19,7 @@ generate need), decode tokens/s (greedy, one token per call, after a prefill of 
 the BLAS it ran with. Engines:
 
   mlx    mlx-lm's Qwen 3.5 text model on the MLX CPU backend, built and loaded as mlx_lm does
-         (make_golden.build_model), weights loaded strictly.
+         (golden.lm_paths.build_model), weights loaded strictly.
   torch  transformers' Qwen3_5ForCausalLM on torch CPU; the runtime weights are converted to the
          Hugging Face layout (norms minus 1, conv1d [C,1,K], names without language_model.).
 """
@@ -59,12 +59,15 @@ def write_weights(config_path: Path, out: Path, seed: int) -> None:
     from mlx.utils import tree_flatten
 
     sys.path.insert(0, str(TOOLS))
-    import make_golden as mg
+    from golden.configs import effective_config, read_config
+    from golden.lm_paths import build_model, init_parameter
+    from golden.provenance import versions
 
     mx.set_default_device(mx.cpu)
-    raw_json, config = mg.read_config(config_path)
-    model = mg.build_model(config)  # parameters stay lazy: nothing of size is allocated here
-    effective = mg.effective_config(model)
+    spec = read_config(config_path)
+    raw_json = spec.raw_json
+    model = build_model(spec.lm_config())  # parameters stay lazy: nothing of size is allocated here
+    effective = effective_config(model)
     tied = bool(model.language_model.args.tie_word_embeddings)
     shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
     del model
@@ -82,13 +85,13 @@ def write_weights(config_path: Path, out: Path, seed: int) -> None:
         f.attrs["generator_sha256"] = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
         f.attrs["scenarios_json"] = "[]"
         f.attrs["history_json"] = "[]"
-        f.attrs["versions_json"] = json.dumps(mg.versions())
+        f.attrs["versions_json"] = json.dumps(versions())
         g = f.create_group("config")
         g.attrs["raw_json"] = raw_json
         g.attrs["effective_json"] = json.dumps(effective)
         w = f.create_group("weights")
         for name in sorted(shapes):  # one tensor in memory at a time
-            value = mg.init_parameter(name, shapes[name], rng, tied).astype(np.float32)
+            value = init_parameter(name, shapes[name], rng, tied).astype(np.float32)
             w.create_dataset(name, data=value)
             total += value.nbytes
         prompt = np.random.default_rng([seed, 1]).integers(
@@ -163,13 +166,13 @@ class MLXEngine:
         from mlx_lm.models.cache import make_prompt_cache
 
         sys.path.insert(0, str(TOOLS))
-        import make_golden as mg
+        from golden.lm_paths import build_model
 
         mx.set_default_device(mx.cpu)
         self.mx, self.make_prompt_cache = mx, make_prompt_cache
         with h5py.File(data, "r") as f:
             config = json.loads(f["config"].attrs["raw_json"])
-            self.model = mg.build_model(config)
+            self.model = build_model(config)
             weights = [(k, mx.array(f["weights"][k][...])) for k in f["weights"]]
         self.model.load_weights(weights, strict=True)
         del weights

@@ -36,7 +36,8 @@ The adapter interface
 An adapter is one Python file. Required functions:
 
   build(config, weights) -> model
-      config: {"text_config": the golden's config.json as mlx-lm reads it (flat),
+      config: {"text_config": the golden's config file as mlx-lm's ModelArgs.from_dict gets it
+                              (flat, or nested with its own text_config),
                "vlm_config": the dict mlx-vlm's ModelConfig.from_dict was given (text config
                              nested, vision token ids), or None,
                "layer_types": ["linear_attention" | "full_attention", ...]}

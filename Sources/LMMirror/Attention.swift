@@ -50,7 +50,8 @@ struct Attention {
         var q = trace.tap("q_normed", queries.rmsNorm(weight: qNorm, eps: eps)).permuted([0, 2, 1, 3])  // [B, H, L, hd]
         var k = trace.tap("k_normed", keys.rmsNorm(weight: kNorm, eps: eps)).permuted([0, 2, 1, 3])     // [B, Hkv, L, hd]
 
-        let offsets = cache?.offsets(batch: B) ?? [Int](repeating: 0, count: B)
+        let offsets = BookkeepingSteps.cacheOffsets(cache?.offsets(batch: B) ?? [Int](repeating: 0, count: B), trace: trace)
+        trace("rope_positions", BookkeepingSteps.textRopePositions(offsets: offsets, length: L))   // recorded, not rewritten
         rope.apply(&q, offsets: offsets)
         rope.apply(&k, offsets: offsets)
         q = trace.tap("q_rope", q)
@@ -63,7 +64,8 @@ struct Attention {
             c.keys = allKeys; c.values = allValues; c.length += L
             cache = c
         }
-        let attended = trace.tap("sdpa", scaledDotProductAttention(q, allKeys, allValues, mask: mask))   // [B, H, L, hd]
+        let visible = Self.intervals(mask, batch: B, queries: L, keys: allKeys.shape[2]).tapped(trace)
+        let attended = trace.tap("sdpa", scaledDotProductAttention(q, allKeys, allValues, visible: visible))   // [B, H, L, hd]
         var gated = attended.permuted([0, 2, 1, 3]).reshaped([B, L, heads * hd])
         for i in gated.data.indices { gated.data[i] *= Activation.sigmoid(gate.data[i]) }
         return trace.tap("o_proj", trace.tap("gated", gated).linear(oProj, bias: oBias))
@@ -71,7 +73,7 @@ struct Attention {
 
     /// The op-level SDPA of mlx on CPU: `q·scale`, `S = q Kᵀ`, mask, float32 softmax, `P V`.
     /// Query head `h` reads KV head `h / (H / Hkv)`.
-    private func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, mask: AttentionMask) -> Tensor {
+    private func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, visible: KeyIntervals) -> Tensor {
         let (B, L, hd) = (q.shape[0], q.shape[2], headDim)
         let T = k.shape[2]
         let group = heads / kvHeads
@@ -95,7 +97,8 @@ struct Attention {
                 }
                 for i in 0..<L {
                     let row = i * T
-                    for j in 0..<T where !sees(mask, b: b, i: i, j: j, L: L, T: T) {
+                    let (first, end) = visible[b, i]
+                    for j in 0..<T where j < first || j >= end {
                         scores[row + j] = -Float.greatestFiniteMagnitude
                     }
                     var m = -Float.infinity
@@ -118,12 +121,24 @@ struct Attention {
         return Tensor(shape: q.shape, data: out)
     }
 
-    @inline(__always)
-    private func sees(_ mask: AttentionMask, b: Int, i: Int, j: Int, L: Int, T: Int) -> Bool {
-        switch mask {
-        case .none: return true
-        case .causal: return j <= i + (T - L)
-        case .explicit(let m): return m[(b * L + i) * T + j]
+    /// The keys each query sees: mlx-lm's masks are always one interval of keys per query
+    /// (left padding below, causality above).
+    static func intervals(_ mask: AttentionMask, batch B: Int, queries L: Int, keys T: Int) -> KeyIntervals {
+        var v = KeyIntervals(batch: B, queries: L)
+        for b in 0..<B {
+            for i in 0..<L {
+                switch mask {
+                case .none: v[b, i] = (0, T)
+                case .causal: v[b, i] = (0, min(T, i + (T - L) + 1))
+                case .explicit(let m):
+                    let base = (b * L + i) * T
+                    let row = Array(m[base..<(base + T)])
+                    let first = row.firstIndex(of: true) ?? 0, end = (row.lastIndex(of: true) ?? -1) + 1
+                    precondition(row[first..<max(first, end)].allSatisfy { $0 }, "[attention mask] row \(b) query \(i) is not one interval")
+                    v[b, i] = (first, end)
+                }
+            }
         }
+        return v
     }
 }

@@ -32,8 +32,9 @@ struct GatedDeltaNet {
     }
 
     /// `x` `[B, S, D]` (already input-normed) → `[B, S, D]`. `mask` `[B, S]` marks real tokens.
-    func callAsFunction(_ x: Tensor, mask: [Bool]?, cache: inout DeltaNetCache?, trace: SubStepTrace) -> Tensor {
+    func callAsFunction(_ x: Tensor, mask realTokens: [Bool]?, cache: inout DeltaNetCache?, trace: SubStepTrace) -> Tensor {
         let (B, S) = (x.shape[0], x.shape[1])
+        let mask = BookkeepingSteps.ssmMask(realTokens, batch: B, steps: S, trace: trace)
         let (Hk, dk, Hv, dv) = (keyHeads, keyDim, valueHeads, valueDim)
         let Kd = Hk * dk, Cc = 2 * Kd + Hv * dv, window = kernel - 1
 
@@ -53,7 +54,7 @@ struct GatedDeltaNet {
         let state = cache?.convState ?? Tensor(zeros: [B, window, Cc])
         let convInput = Tensor.concatenate([state, qkv], axis: 1)   // [B, K−1+S, Cc]
         if var c = cache {
-            c.convState = nextConvState(convInput, lengths: c.lengths, steps: S)
+            c.convState = trace.tap("conv_state", nextConvState(convInput, lengths: c.lengths, steps: S))
             cache = c
         }
         // conv_out is traced before silu: what mlx-lm's conv1d module returns. Untraced, the

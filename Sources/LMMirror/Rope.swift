@@ -11,8 +11,10 @@ struct Rope {
     init(dims: Int, base: Double) {
         self.dims = dims
         let half = dims / 2
-        // mlx's CPU rope: exp(−i · ln(base)/(r/2)) in float32, with mlx's own exp.
-        let step = Float(Foundation.log(base) / Double(half))
+        // mlx's CPU rope: exp(−i · ln(base)/(r/2)) in float32, with mlx's own exp. Its base is a
+        // C float, so std::log is logf and the division is in float too: a double ln(base)
+        // rounded once differs for some bases and widths (1e7 with r/2 = 3, 5 or 6).
+        let step = Foundation.logf(Float(base)) / Float(half)
         inverseFrequencies = (0..<half).map { MLXMath.exp(-Float($0) * step) }
     }
 

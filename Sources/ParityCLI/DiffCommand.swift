@@ -84,7 +84,7 @@ public struct DiffCommand: ParsableCommand {
                 cached = w
                 return w
             }
-            var sides = try ([a, b] + (c.map { [$0] } ?? [])).map { try DiffSides.make($0, golden: golden, scenario: scenario, weights: weights) }
+            var sides = try ([a, b] + (c.map { [$0] } ?? [])).map { try DiffSides.make($0, golden: golden, weights: weights) }
             var command = "qwen-parity diff \(file) --scenario \(scenario) --a \(a) --b \(b)"
             if let fault {
                 let f = try parse(fault: fault)

@@ -13,6 +13,10 @@ public struct SubStep: Sendable, Equatable {
     public let timeAxis: Int?
     public let shape: String
     public let meaning: String
+
+    /// A value a call starts from (a cache offset) rather than one it leaves behind (a state):
+    /// a difference in it dates from the call's first token, not its last.
+    public var isCallInput: Bool { timeAxis == nil && name == "kv_offset" }
 }
 
 public enum SubSteps {
@@ -23,6 +27,8 @@ public enum SubSteps {
         SubStep(name: "z", timeAxis: 1, shape: "[B, L, Vd]", meaning: "in_proj_z"),
         SubStep(name: "b", timeAxis: 1, shape: "[B, L, Hv]", meaning: "in_proj_b"),
         SubStep(name: "a", timeAxis: 1, shape: "[B, L, Hv]", meaning: "in_proj_a"),
+        SubStep(name: "ssm_mask", timeAxis: 1, shape: "[B, L]", meaning: "1 for a real token, 0 for padding (zeros fed to the conv)"),
+        SubStep(name: "conv_state", timeAxis: nil, shape: "[B, K−1, Cc]", meaning: "conv window written back to the cache"),
         SubStep(name: "conv_out", timeAxis: 1, shape: "[B, L, Cc]", meaning: "depthwise conv over [state ‖ qkv], before silu"),
         SubStep(name: "q_normed", timeAxis: 1, shape: "[B, L, Hk, dk]", meaning: "q l2-normalised, dk^-1/2 folded in"),
         SubStep(name: "k_normed", timeAxis: 1, shape: "[B, L, Hk, dk]", meaning: "k l2-normalised"),
@@ -44,8 +50,11 @@ public enum SubSteps {
         SubStep(name: "v", timeAxis: 2, shape: "[B, Hkv, L, hd]", meaning: "v_proj, heads first (as cached)"),
         SubStep(name: "q_normed", timeAxis: 1, shape: "[B, L, H, hd]", meaning: "q_norm(query)"),
         SubStep(name: "k_normed", timeAxis: 1, shape: "[B, L, Hkv, hd]", meaning: "k_norm(k_proj)"),
+        SubStep(name: "kv_offset", timeAxis: nil, shape: "[B]", meaning: "cache offset the call starts at (the update's position)"),
+        SubStep(name: "rope_positions", timeAxis: 1, shape: "[B, L, 3]", meaning: "rotary positions T/H/W (text: offset + t on each)"),
         SubStep(name: "q_rope", timeAxis: 2, shape: "[B, H, L, hd]", meaning: "rotary on q"),
         SubStep(name: "k_rope", timeAxis: 2, shape: "[B, Hkv, L, hd]", meaning: "rotary on k (as cached)"),
+        SubStep(name: "attn_mask", timeAxis: 1, shape: "[B, L, 2]", meaning: "keys each query sees: [first, end)"),
         SubStep(name: "sdpa", timeAxis: 2, shape: "[B, H, L, hd]", meaning: "scaled dot-product attention"),
         SubStep(name: "gated", timeAxis: 1, shape: "[B, L, H·hd]", meaning: "sdpa ⊙ sigmoid(gate), o_proj input"),
         SubStep(name: "o_proj", timeAxis: 1, shape: "[B, L, D]", meaning: "o_proj: the mixer's output"),
@@ -73,6 +82,9 @@ public enum SubSteps {
         SubStep(name: "shared_gate", timeAxis: 1, shape: "[B, L, 1]", meaning: "sigmoid(shared_expert_gate)"),
         SubStep(name: "mlp_out", timeAxis: 1, shape: "[B, L, D]", meaning: "routed + gate · shared: the feed-forward output"),
     ]
+
+    /// Sub-steps holding whole numbers: a fault moves one of their elements by one.
+    public static let wholeNumbered: Set<String> = ["ssm_mask", "kv_offset", "rope_positions", "attn_mask", "topk_indices"]
 
     /// Every sub-step of a layer in computation order: its mixer's, then its feed-forward's.
     public static func catalogue(for kind: LayerKind, isMoE: Bool) -> [SubStep] {

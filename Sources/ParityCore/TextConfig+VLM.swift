@@ -13,7 +13,9 @@ extension TextConfig {
     ///   `mrope_section`, `type` (or `rope_type`, renamed), `rope_theta` and
     ///   `partial_rotary_factor`, or `__post_init__` raises.
     public static func mlxVLM(_ raw: RawTextConfig, source: String) throws -> TextConfig {
-        let moe = raw.modelType == "qwen3_5_moe"
+        // mlx-vlm picks the MoE classes by the checkpoint's model_type; a nested text_config
+        // spells its own as "qwen3_5_moe_text".
+        let moe = [raw.topLevelModelType, raw.modelType].contains { $0?.hasPrefix("qwen3_5_moe") == true }
         func require<T>(_ value: T?, _ key: String) throws -> T {
             guard let value else { throw ConfigError.missingKey(source: source, key: key) }
             return value

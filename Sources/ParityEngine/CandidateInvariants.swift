@@ -30,10 +30,10 @@ public struct GoldenCandidate: Sendable {
     /// `candidate:<name>`: the path group under each scenario, and the diff side.
     public var path: String { Self.pathPrefix + name }
 
-    /// The numerics a candidate claims on a scenario: those of the reference it must equal.
-    public func numerics(on kind: GoldenScenario.Kind) -> String {
-        (kind == .single || kind == .batch) && textReference == "mlx_lm" ? "mlx-lm" : "mlx-vlm"
-    }
+    /// The numerics a candidate claims, those of the references it must equal: the unified
+    /// design's ("unified": mlx-lm on text, mlx-vlm on MRoPE and image prompts; see PairBounds),
+    /// or mlx-vlm's throughout.
+    public var numerics: String { textReference == "mlx_lm" ? "unified" : "mlx-vlm" }
 }
 
 extension GoldenFile {
@@ -303,7 +303,7 @@ extension InvariantRegistry {
 
 /// A candidate's stored results as a `qwen-parity diff` side: `candidate:<name>`. Its numerics are
 /// those of the reference it must equal on the scenario (mlx-lm on text schedules in the unified
-/// design, mlx-vlm on MRoPE and image prompts), so the pair is compared bit for bit. The vision
+/// design, mlx-vlm on MRoPE and image prompts), so that pair is compared bit for bit. The vision
 /// tower's steps are the library's, not the candidate's: their tensors are left out (the rows show
 /// them missing on this side; the step list stays, so every pair of a vote lists the same items).
 public struct CandidateSide: DiffSide {
@@ -313,11 +313,11 @@ public struct CandidateSide: DiffSide {
     let stored: GoldenSide
     public var isGolden: Bool { true }
 
-    public init(golden: GoldenFile, name: String, scenario: String?) throws {
+    public init(golden: GoldenFile, name: String) throws {
         let candidate = try golden.candidate(name)
         id = candidate.path
         title = "candidate \(candidate.name)"
-        numerics = try scenario.map { candidate.numerics(on: try golden.scenario($0).kind) } ?? candidate.path
+        numerics = candidate.numerics
         stored = GoldenSide(id: candidate.path, title: title, path: candidate.path, numerics: numerics)
     }
 

@@ -89,6 +89,7 @@ public struct TensorDiff: Sendable {
                 case .exact: fails = x.bitPattern != y.bitPattern
                 case .ulp(let k): fails = x.ulpDistance(to: y) > UInt32(k)
                 case .atol(let limit): fails = abs(y - x) > limit
+                case .library: fails = x.bitPattern != y.bitPattern
                 }
             }
             if fails, let timeAxis, a.rank > timeAxis {
@@ -194,11 +195,14 @@ public struct LogitMetrics: Sendable {
         public var margin: Float
     }
 
-    /// A top-1 flip whose reference margin is at most this is within noise: the two text paths
-    /// differ by ≤ 1.3e-5 per f32 logit (docs/qwen35-numerics.md §0), so a margin can move by
-    /// ≤ 2.6e-5; 1e-4 leaves a factor of ~4 above that.
-    public static let noiseFloor: Float = 1e-4
     public static let topK = 5
+
+    /// A top-1 flip whose reference margin is at most this is within noise: twice the largest
+    /// logit distance the libraries themselves show for this pair on this golden (a margin moves
+    /// by at most twice what each logit moves); 0 for sides that must agree bit for bit.
+    public var noiseFloor: Float
+    /// Where the floor comes from, printed beside it.
+    public var noiseFloorSource: String
 
     public var compared: Int
     public var klMean: Double
@@ -214,11 +218,12 @@ public struct LogitMetrics: Sendable {
     public var topKOverlap: Double
 
     /// `a`, `b`: `[B, P, V]`; `positions[p]` is the token index of column p; `valid(row, t)`.
-    public static func measure(_ a: Tensor, _ b: Tensor, positions: [Int], valid: ((Int, Int) -> Bool)?) -> LogitMetrics {
+    public static func measure(_ a: Tensor, _ b: Tensor, positions: [Int], valid: ((Int, Int) -> Bool)?,
+                               noiseFloor: (value: Float, source: String)) -> LogitMetrics {
         precondition(a.shape == b.shape && a.rank == 3, "[LogitMetrics] \(a.shape) vs \(b.shape)")
         let (B, P, V) = (a.shape[0], a.shape[1], a.shape[2])
-        var m = LogitMetrics(compared: 0, klMean: 0, klMax: 0, klMaxRow: 0, klMaxPosition: 0, top1Agree: 0,
-                             flips: [], noiseFlips: [], topKOverlap: 0)
+        var m = LogitMetrics(noiseFloor: noiseFloor.value, noiseFloorSource: noiseFloor.source, compared: 0, klMean: 0,
+                             klMax: 0, klMaxRow: 0, klMaxPosition: 0, top1Agree: 0, flips: [], noiseFlips: [], topKOverlap: 0)
         var klSum = 0.0, overlapSum = 0.0
         for r in 0..<B {
             for p in 0..<P where valid?(r, positions[p]) ?? true {
@@ -234,7 +239,7 @@ public struct LogitMetrics: Sendable {
                 } else {
                     let flip = Flip(row: r, position: positions[p], referenceTop: topA[0], otherTop: topB[0],
                                     margin: V > 1 ? x[topA[0]] - x[topA[1]] : .infinity)
-                    if flip.margin > noiseFloor { m.flips.append(flip) } else { m.noiseFlips.append(flip) }
+                    if flip.margin > m.noiseFloor { m.flips.append(flip) } else { m.noiseFlips.append(flip) }
                 }
                 m.compared += 1
             }
@@ -271,7 +276,7 @@ public struct Vote: Sendable {
     public struct Pair: Sendable {
         public var a: String
         public var b: String
-        public var tolerance: Tolerance
+        public var tolerance: PairBound
         public var firstDivergence: DiffItem?
     }
 
@@ -297,7 +302,7 @@ public struct DiffReport: Sendable {
     public var scenario: GoldenScenario
     public var a: SideLabel
     public var b: SideLabel
-    public var tolerance: Tolerance
+    public var tolerance: PairBound
     public var rows: [DiffRow]
     public var first: DivergencePoint?
     public var drillDown: SubStepTable?
@@ -325,9 +330,10 @@ public enum Diff {
         let request = DiffRequest(golden: golden, scenario: scenario, subStepLayers: Set(config.layerKinds.indices))
         let captures = try sides.map { try $0.capture(request) }
         let (a, b) = (sides[0], sides[1])
-        let tolerance = override ?? pairTolerance(a, b)
+        let bounds = PairBounds(golden: golden, scenario: scenario, override: override)
+        let tolerance = try bounds(a, b)
 
-        var rows = layerRows(captures[0], captures[1], config: config, tolerance: tolerance, valid: valid)
+        var rows = layerRows(captures[0], captures[1], config: config, bound: tolerance, valid: valid)
         addRates(&rows)
         var first = divergence(rows, calls: scenario.calls)
         let drillLayer = layer ?? first?.item.layer
@@ -335,7 +341,7 @@ public enum Diff {
         var drillNote: String?
         if let drillLayer {
             let table = subStepTable(drillLayer, captures[0], captures[1], sides: (a.id, b.id), config: config,
-                                     tolerance: tolerance, valid: valid, calls: scenario.calls)
+                                     bound: tolerance, valid: valid, calls: scenario.calls)
             let missing = [(a, captures[0]), (b, captures[1])].filter { $0.1.subSteps[drillLayer]?.isEmpty ?? true }.map { $0.0 }
             if missing.count == 2 || (missing.count == 1 && table.rows.allSatisfy({ $0.status == .missing })) {
                 drillNote = "no sub-steps for layer \(drillLayer): " + missing.map { subStepAvailability($0, golden: golden, scenario: scenario) }.joined(separator: "; ")
@@ -352,11 +358,12 @@ public enum Diff {
         }
         var logits: LogitMetrics?
         if let aligned = alignedLogits(captures[0], captures[1]) {
-            logits = LogitMetrics.measure(aligned.0, aligned.1, positions: aligned.2, valid: valid)
+            logits = LogitMetrics.measure(aligned.0, aligned.1, positions: aligned.2, valid: valid,
+                                          noiseFloor: try bounds.noiseFloor(a, b))
         }
         var vote: Vote?
         if sides.count >= 3 {
-            vote = self.vote(sides, captures, config: config, valid: valid, override: override, calls: scenario.calls)
+            vote = try self.vote(sides, captures, config: config, valid: valid, bounds: bounds, calls: scenario.calls)
         }
         let names = sides.map(\.id)
         return DiffReport(file: golden.name, path: golden.path, scenario: scenario,
@@ -367,11 +374,6 @@ public enum Diff {
                             + (names.count > 2 ? " --c \(names[2])" : ""))
     }
 
-    /// Sides that do the same arithmetic must agree bit for bit; any other pair gets the 2e-5
-    /// golden-parity bar (mlx-lm itself is 4e-6..1e-5 from a float64 reference).
-    public static func pairTolerance(_ a: DiffSide, _ b: DiffSide) -> Tolerance {
-        a.numerics == b.numerics ? .exact : .atol(2e-5)
-    }
 
     static func validity(_ golden: GoldenFile, _ scenario: GoldenScenario) throws -> ((Int, Int) -> Bool)? {
         guard scenario.kind == .batch else { return nil }
@@ -380,27 +382,43 @@ public enum Diff {
     }
 
     /// The canonical items: embeddings, each layer followed by its cache, final norm, logits.
-    static func layerRows(_ x: DiffCapture, _ y: DiffCapture, config: TextConfig, tolerance: Tolerance,
+    static func layerRows(_ x: DiffCapture, _ y: DiffCapture, config: TextConfig, bound: PairBound,
                           valid: ((Int, Int) -> Bool)?) -> [DiffRow] {
+        func row(_ item: DiffItem, _ a: Tensor?, _ b: Tensor?, timeAxis: Int?, _ bound: PairBound,
+                 _ valid: ((Int, Int) -> Bool)?) -> DiffRow {
+            var r = Diff.row(item, a, b, timeAxis: timeAxis, bound.tolerance(for: item), valid)
+            if bound.unmeasured(item), a != nil, b != nil {
+                r.status = .missing
+                r.note = "no library distance for this item in the golden: not judged"
+            }
+            return r
+        }
         var rows: [DiffRow] = []
         for step in x.visionOrder where y.vision[step] != nil || x.vision[step] != nil {
-            rows.append(row(.vision(step), x.vision[step], y.vision[step], timeAxis: nil, tolerance, valid))
+            rows.append(row(.vision(step), x.vision[step], y.vision[step], timeAxis: nil, bound, valid))
         }
-        rows.append(row(.embeddings, x.hidden.first, y.hidden.first, timeAxis: 1, tolerance, valid))
+        rows.append(row(.embeddings, x.hidden.first, y.hidden.first, timeAxis: 1, bound, valid))
         for (i, kind) in config.layerKinds.enumerated() {
             rows.append(row(.layer(i), x.hidden.count > i + 1 ? x.hidden[i + 1] : nil,
-                            y.hidden.count > i + 1 ? y.hidden[i + 1] : nil, timeAxis: 1, tolerance, valid))
+                            y.hidden.count > i + 1 ? y.hidden[i + 1] : nil, timeAxis: 1, bound, valid))
             let names = kind == .linearAttention ? ["conv_state", "recurrent_state"] : ["keys", "values"]
             for name in names {
                 let (p, q) = (x.cache[i]?[name], y.cache[i]?[name])
                 if p == nil && q == nil { continue }   // uncached scenario
-                rows.append(row(.cache(layer: i, name: name), p, q, timeAxis: name == "keys" || name == "values" ? 2 : nil, tolerance, valid))
+                rows.append(row(.cache(layer: i, name: name), p, q, timeAxis: name == "keys" || name == "values" ? 2 : nil, bound, valid))
             }
         }
-        rows.append(row(.finalNorm, x.finalNorm, y.finalNorm, timeAxis: 1, tolerance, valid))
-        if let aligned = alignedLogits(x, y) {
+        rows.append(row(.finalNorm, x.finalNorm, y.finalNorm, timeAxis: 1, bound, valid))
+        if var aligned = alignedLogits(x, y) {
+            if let measuredAt = bound.logitsPositions {   // judged only where the library measured
+                let keep = aligned.2.indices.filter { measuredAt.contains(aligned.2[$0]) }
+                if keep.count < aligned.2.count, !keep.isEmpty {
+                    func pick(_ t: Tensor) -> Tensor { Tensor.concatenate(keep.map { t.slice(axis: 1, start: $0, length: 1) }, axis: 1) }
+                    aligned = (pick(aligned.0), pick(aligned.1), keep.map { aligned.2[$0] })
+                }
+            }
             let positions = aligned.2
-            var r = row(.logits, aligned.0, aligned.1, timeAxis: 1, tolerance, valid.map { v in { b, i in v(b, positions[i]) } })
+            var r = row(.logits, aligned.0, aligned.1, timeAxis: 1, bound, valid.map { v in { b, i in v(b, positions[i]) } })
             if let first = r.diff?.firstPosition { r.diff?.firstPosition = positions[first] }
             rows.append(r)
         } else {
@@ -459,14 +477,15 @@ public enum Diff {
     /// is stacked per call, `[calls, …]` (ImplementationSide does so), and dated by the last token
     /// of the first call after which it differs.
     static func subStepTable(_ layer: Int, _ x: DiffCapture, _ y: DiffCapture, sides: (String, String), config: TextConfig,
-                             tolerance: Tolerance, valid: ((Int, Int) -> Bool)?, calls: [Int]) -> SubStepTable {
+                             bound: PairBound, valid: ((Int, Int) -> Bool)?, calls: [Int]) -> SubStepTable {
         let kind = config.layerKinds[layer]
         var ends: [Int] = []
         for n in calls { ends.append((ends.last ?? -1) + n) }
         let rows = SubSteps.catalogue(for: kind, isMoE: config.isMoE).map { step -> DiffRow in
             let (p, q) = (x.subSteps[layer]?[step.name], y.subSteps[layer]?[step.name])
             let stacked = step.timeAxis == nil && calls.count > 1
-            var r = row(.subStep(layer: layer, name: step.name), p, q, timeAxis: stacked ? 0 : step.timeAxis, tolerance,
+            var r = row(.subStep(layer: layer, name: step.name), p, q, timeAxis: stacked ? 0 : step.timeAxis,
+                        bound.tolerance(for: .subStep(layer: layer, name: step.name)),
                         stacked ? nil : valid)
             r.meaning = step.meaning
             if r.status == .missing { r.note = "not in " + (p == nil ? sides.0 : sides.1) }
@@ -475,9 +494,10 @@ public enum Diff {
                     r.eventToken = r.diff?.firstPosition
                 } else if stacked, let c = r.diff?.firstPosition, c < ends.count {
                     r.eventCall = c
-                    r.eventToken = ends[c]
+                    r.eventToken = step.isCallInput ? ends[c] - calls[c] + 1 : ends[c]
+                    if step.isCallInput { r.eventCall = nil }
                 } else {
-                    r.eventToken = ends.last
+                    r.eventToken = step.isCallInput ? 0 : ends.last
                 }
             }
             return r
@@ -508,14 +528,14 @@ public enum Diff {
     // MARK: - Vote
 
     static func vote(_ sides: [DiffSide], _ captures: [DiffCapture], config: TextConfig,
-                     valid: ((Int, Int) -> Bool)?, override: Tolerance?, calls: [Int]) -> Vote {
+                     valid: ((Int, Int) -> Bool)?, bounds: PairBounds, calls: [Int]) throws -> Vote {
         let n = sides.count
         var pairRows: [[Int]: [DiffRow]] = [:]
         var pairs: [Vote.Pair] = []
         for i in 0..<n {
             for j in (i + 1)..<n {
-                let tolerance = override ?? pairTolerance(sides[i], sides[j])
-                let rows = layerRows(captures[i], captures[j], config: config, tolerance: tolerance, valid: valid)
+                let tolerance = try bounds(sides[i], sides[j])
+                let rows = layerRows(captures[i], captures[j], config: config, bound: tolerance, valid: valid)
                 pairRows[[i, j]] = rows
                 pairs.append(Vote.Pair(a: sides[i].id, b: sides[j].id, tolerance: tolerance,
                                        firstDivergence: rows.first { $0.status == .differs }?.item))
@@ -555,12 +575,16 @@ public enum Diff {
         // Name the sub-step against a majority side that has this layer's sub-steps: an
         // implementation first (it traces every layer), else a golden with probes there.
         if let layer = item.layer {
-            let witness = majority.sorted { !sides[$0].isGolden && sides[$1].isGolden }
+            // A witness of the departing side's own library compares bit for bit.
+            func rank(_ s: Int) -> Int {
+                (bounds.numerics(sides[s]) == bounds.numerics(sides[d]) ? 0 : 2) + (sides[s].isGolden ? 1 : 0)
+            }
+            let witness = majority.sorted { rank($0) < rank($1) }
                 .first { !(captures[$0].subSteps[layer]?.isEmpty ?? true) }
             if let w = witness, !(captures[d].subSteps[layer]?.isEmpty ?? true) {
-                let tolerance = override ?? pairTolerance(sides[w], sides[d])
+                let tolerance = try bounds(sides[w], sides[d])
                 result.subStep = subStepTable(layer, captures[w], captures[d], sides: (sides[w].id, sides[d].id), config: config,
-                                              tolerance: tolerance, valid: valid, calls: calls).firstDivergent
+                                              bound: tolerance, valid: valid, calls: calls).firstDivergent
             }
         }
         let titles = majority.map { sides[$0].title }

@@ -42,7 +42,8 @@ public protocol DiffSide {
     /// For people: "mlx-lm golden", "lm mirror".
     var title: String { get }
     /// Sides with the same numerics do the same arithmetic operation for operation and must
-    /// agree bit for bit; others get an absolute tolerance.
+    /// agree bit for bit; others are bounded by the libraries' own distance (PairBounds).
+    /// "unified" follows mlx-lm on text and mlx-vlm on MRoPE and image prompts.
     var numerics: String { get }
     var isGolden: Bool { get }
     func capture(_ request: DiffRequest) throws -> DiffCapture
@@ -228,9 +229,20 @@ public enum DiffSides {
                                       model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights()),
                                       schedulePath: "mlx_vlm", tower: try golden.visionTower())
         },
+        Entry(id: "golden-vlm-correct", summary: "hazard scenarios: mlx-vlm's results for the same calls made the right way, path mlx_vlm_correct") { _, _ in
+            GoldenSide(id: "golden-vlm-correct", title: "mlx-vlm golden (correct calls)", path: "mlx_vlm_correct", numerics: "mlx-vlm")
+        },
+        Entry(id: "vlm-correct", summary: "the vlm mirror replaying path mlx_vlm_correct's calls (hazard scenarios)") { golden, weights in
+            guard let vlm = try golden.vlmConfig() else {
+                throw GoldenError.invalid(file: golden.path, path: "/config vlm_json", reason: "this golden was written without mlx-vlm")
+            }
+            return ImplementationSide(id: "vlm-correct", title: "vlm mirror (correct calls)", numerics: "mlx-vlm",
+                                      model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights()),
+                                      schedulePath: "mlx_vlm_correct", tower: try golden.visionTower())
+        },
         Entry(id: "unified", summary: "the unified (patched) model: text through the lm route, MRoPE through the vlm route") { golden, weights in
             let vlm = try golden.vlmConfig()
-            return ImplementationSide(id: "unified", title: "unified model", numerics: "mlx-lm",
+            return ImplementationSide(id: "unified", title: "unified model", numerics: "unified",
                                       model: try UnifiedTextModel(config: golden.config, vlmConfig: vlm?.text ?? golden.config,
                                                                   multimodal: vlm?.multimodal ?? .libraryDefault, weights: try weights()))
         },
@@ -243,12 +255,10 @@ public enum DiffSides {
         names.contains(id) || (id.hasPrefix(GoldenCandidate.pathPrefix) && id.count > GoldenCandidate.pathPrefix.count)
     }
 
-    /// The side named `id` for `golden`; weights are read at most once per call of `loader`. A
-    /// candidate side takes the numerics of the reference it must equal on `scenario`.
-    public static func make(_ id: String, golden: GoldenFile, scenario: String? = nil,
-                            weights loader: () throws -> Weights) throws -> DiffSide {
+    /// The side named `id` for `golden`; weights are read at most once per call of `loader`.
+    public static func make(_ id: String, golden: GoldenFile, weights loader: () throws -> Weights) throws -> DiffSide {
         if id.hasPrefix(GoldenCandidate.pathPrefix) {
-            return try CandidateSide(golden: golden, name: String(id.dropFirst(GoldenCandidate.pathPrefix.count)), scenario: scenario)
+            return try CandidateSide(golden: golden, name: String(id.dropFirst(GoldenCandidate.pathPrefix.count)))
         }
         guard let entry = registered.first(where: { $0.id == id }) else {
             throw DiffError.unknownSide(id, known: names)
@@ -308,11 +318,18 @@ public struct SubStepFault: Sendable, Hashable, CustomStringConvertible {
     /// tolerance, in every call. The element sits past the middle at an offset that lands on a
     /// later token in every layout: a nudge at token 0 of the queries would change nothing, as
     /// the first query attends to one key only.
+    /// Bookkeeping sub-steps hold whole numbers (key intervals, offsets, positions, expert
+    /// indices, mask bits): there the element moves by one, as an off-by-one bug would (a mask
+    /// bit flips).
     public func apply(to tensor: Tensor) -> Tensor {
         guard tensor.count > 0 else { return tensor }
         var t = tensor
         let i = min(t.count / 2 + t.count / 7, t.count - 1)
-        t.data[i] += max(1e-3, 0.05 * abs(t.data[i]))
+        if SubSteps.wholeNumbered.contains(name) {
+            t.data[i] = name == "ssm_mask" ? 1 - t.data[i] : t.data[i] + 1
+        } else {
+            t.data[i] += max(1e-3, 0.05 * abs(t.data[i]))
+        }
         return t
     }
 }
@@ -334,6 +351,18 @@ public final class FaultedModel: QwenLanguageModel {
 
     public func forward(_ input: ModelInput, positionIds: PositionIDs?, cache: PromptCache?, trace: TraceSink?) throws -> Tensor {
         try inner.forward(input, positionIds: positionIds, cache: cache, trace: FaultInjector(fault: fault, forwardingTo: trace))
+    }
+}
+
+extension FaultedModel {
+    /// The vlm mirror behind `model` (itself, or the one a fault wraps) and the sink its calls
+    /// trace into, so explicit LanguageModel calls run faulted too.
+    static func vlmMirror(_ model: QwenLanguageModel, tracing sink: TraceSink?) -> (VLMTextModel, TraceSink?)? {
+        if let vlm = model as? VLMTextModel { return (vlm, sink) }
+        if let faulted = model as? FaultedModel, let vlm = faulted.inner as? VLMTextModel {
+            return (vlm, FaultInjector(fault: faulted.fault, forwardingTo: sink))
+        }
+        return nil
     }
 }
 

@@ -73,6 +73,9 @@ public enum DiffText {
         var lines: [String] = []
         let calls = r.scenario.calls.count > 8 ? "\(r.scenario.calls.count) calls" : "calls \(r.scenario.calls)"
         lines.append(style.bold("\(r.file) · \(r.scenario.name) (\(calls)) · tolerance \(r.tolerance)"))
+        if r.tolerance.isMeasured {
+            lines.append(style.dim("  bound per item: the libraries' own distance, \(r.tolerance.source)"))
+        }
         lines.append("  a = \(r.a.id) (\(r.a.title))   b = \(r.b.id) (\(r.b.title))")
         let width = 20
         lines.append(style.dim("  " + pad("item", width) + "max abs".leftPadded(10) + "mean abs".leftPadded(10) + "max rel".leftPadded(10)
@@ -168,7 +171,7 @@ public enum DiffText {
         lines.append("  KL(a‖b)       mean \(number(m.klMean)), max \(number(m.klMax)) at row \(m.klMaxRow), token \(m.klMaxPosition)")
         let flipText = m.flips.isEmpty ? "none" : m.flips.prefix(5).map(flip).joined(separator: "; ")
             + (m.flips.count > 5 ? "; … \(m.flips.count - 5) more" : "")
-        let top1 = "  top-1 agree   \(m.top1Agree)/\(m.compared); flips past the noise floor (margin > \(number(LogitMetrics.noiseFloor))): \(m.flips.count)"
+        let top1 = "  top-1 agree   \(m.top1Agree)/\(m.compared); flips past the noise floor (margin > \(number(m.noiseFloor)), \(m.noiseFloorSource)): \(m.flips.count)"
         lines.append(m.flips.isEmpty ? top1 : style.red(top1))
         if !m.flips.isEmpty { lines.append("                " + flipText) }
         let noise = m.noiseFlips.isEmpty ? "none" : m.noiseFlips.prefix(5).map(flip).joined(separator: "; ")
@@ -192,6 +195,9 @@ public enum DiffText {
         for p in v.pairs {
             let text = p.firstDivergence.map { "part at \($0.label)" } ?? "agree on every item"
             lines.append("  " + pad("\(p.a) ~ \(p.b)", width) + "  " + pad("\(p.tolerance)", 10) + text)
+        }
+        for source in Set(v.pairs.filter(\.tolerance.isMeasured).map(\.tolerance.source)).sorted() {
+            lines.append(style.dim("  library bound per item: \(source)"))
         }
         let verdict = "verdict: " + v.verdict
         lines.append(v.departing == nil && v.at != nil ? style.yellow(verdict) : (v.departing == nil ? style.green(verdict) : style.boldRed(verdict)))
@@ -219,7 +225,7 @@ public enum DiffText {
         struct Flip: Encodable { var row, position, referenceTop, otherTop: Int; var margin: Float }
         struct Logits: Encodable {
             var compared: Int, klMean, klMax: Double, klMaxRow, klMaxPosition, top1Agree: Int
-            var noiseFloor: Float, flips, noiseFlips: [Flip], topK: Int, topKOverlap: Double
+            var noiseFloor: Float, noiseFloorSource: String, flips, noiseFlips: [Flip], topK: Int, topKOverlap: Double
         }
         struct Pair: Encodable { var a, b, tolerance: String; var firstDivergence: String? }
         struct VoteJSON: Encodable {
@@ -256,7 +262,7 @@ public enum DiffText {
             subSteps: r.drillDown.map { $0.rows.map(row) }, subStepLayer: r.drillDown?.layer, subStepNote: r.drillNote,
             logits: r.logits.map { m in
                 Logits(compared: m.compared, klMean: m.klMean, klMax: m.klMax, klMaxRow: m.klMaxRow, klMaxPosition: m.klMaxPosition,
-                       top1Agree: m.top1Agree, noiseFloor: LogitMetrics.noiseFloor, flips: flips(m.flips), noiseFlips: flips(m.noiseFlips),
+                       top1Agree: m.top1Agree, noiseFloor: m.noiseFloor, noiseFloorSource: m.noiseFloorSource, flips: flips(m.flips), noiseFlips: flips(m.noiseFlips),
                        topK: LogitMetrics.topK, topKOverlap: m.topKOverlap)
             },
             vote: r.vote.map { v in

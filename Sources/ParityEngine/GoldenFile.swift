@@ -254,6 +254,20 @@ extension GoldenFile {
             guard let theirs = (effective[key] as? NSNumber)?.doubleValue else { differences.append("\(key) missing"); return }
             if theirs != mine { differences.append("\(key): Swift \(mine), mlx-vlm \(theirs)") }
         }
+        // A special token id outside the vocabulary could never be embedded or matched.
+        for (key, id) in [("image_token_id", multimodal.imageTokenId), ("video_token_id", multimodal.videoTokenId),
+                          ("vision_start_token_id", multimodal.visionStartTokenId),
+                          ("vision_end_token_id", multimodal.visionEndTokenId)] where !(0..<config.vocabSize).contains(id) {
+            throw GoldenError.invalid(file: path, path: "/config vlm_json \(key)",
+                                      reason: "\(id) is outside the vocabulary [0, \(config.vocabSize))")
+        }
+        // Both mirrors are built over the one set of weights mlx-lm's config names.
+        for (key, mine, lm) in [("num_experts", textConfig.numExperts, config.numExperts),
+                                ("num_experts_per_tok", textConfig.numExpertsPerTok, config.numExpertsPerTok),
+                                ("num_hidden_layers", textConfig.numHiddenLayers, config.numHiddenLayers),
+                                ("hidden_size", textConfig.hiddenSize, config.hiddenSize)] where mine != lm {
+            differences.append("\(key): mlx-vlm's text config \(mine), mlx-lm's \(lm)")
+        }
         check("rotary_dims", Double(textConfig.rotaryDims))
         check("rope_theta", textConfig.ropeTheta)
         check("head_dim", Double(textConfig.headDim))

@@ -54,7 +54,7 @@ public struct GoldenProvenance: Sendable, Equatable {
         let source = file.hasAttribute("weights_source", of: "/") ? try text("weights_source") : "random"
         let modelFiles = file.hasAttribute("model_files_json", of: "/") ? try json("model_files_json", [String: String].self) : [:]
         var components: [String: (generator: String, sha256: String)] = [:]
-        for group in ["/probes", "/vision", "/candidates"] where file.hasAttribute("generator_sha256", of: group) {
+        for group in ["/probes", "/vision", "/library_distances", "/candidates"] where file.hasAttribute("generator_sha256", of: group) {
             components[group] = (try file.stringAttribute("generator", of: group),
                                  try file.stringAttribute("generator_sha256", of: group))
         }
@@ -122,7 +122,7 @@ public struct Freshness: Sendable, Equatable {
                              modelDirectory: String? = nil) -> Freshness {
         var f = Freshness(changes: [], unverified: [])
         if let generator = sources.generator {
-            if let sha = try? SHA256.hex(fileAt: generator) {
+            if let sha = try? generatorSHA256(generator) {
                 if sha != provenance.generatorSHA256 {
                     f.changes.append("generator changed: the golden was made by \(provenance.generator) sha256 \(provenance.generatorSHA256.prefix(12))…, \(generator) is now \(sha.prefix(12))…")
                 }
@@ -132,11 +132,15 @@ public struct Freshness: Sendable, Equatable {
         } else {
             f.unverified.append("generator hash not checked (no tools/make_golden.py found above the golden; pass --generator)")
         }
-        // Helper modules live beside the generator (tools/golden_probes.py, tools/golden_vision.py).
+        // Helper modules: recorded relative to the repository (tools/golden/probes.py); goldens
+        // made before the package split name a file beside the generator (tools/golden_probes.py).
         if let generator = sources.generator {
             let tools = URL(fileURLWithPath: generator).deletingLastPathComponent()
+            let root = tools.deletingLastPathComponent()
             for (group, component) in provenance.components.sorted(by: { $0.key < $1.key }) {
-                let helper = tools.appendingPathComponent(URL(fileURLWithPath: component.generator).lastPathComponent).path
+                let recorded = root.appendingPathComponent(component.generator).path
+                let helper = FileManager.default.fileExists(atPath: recorded) ? recorded
+                    : tools.appendingPathComponent(URL(fileURLWithPath: component.generator).lastPathComponent).path
                 guard let sha = try? SHA256.hex(fileAt: helper) else {
                     f.unverified.append("cannot read \(helper), which wrote \(group)")
                     continue
@@ -170,6 +174,35 @@ public struct Freshness: Sendable, Equatable {
             }
         }
         return f
+    }
+
+    /// The generator's hash as tools/golden/provenance.py computes it. With a tools/golden/
+    /// package beside make_golden.py: sha256 of the manifest "<path>\0<sha256 of the file>\n"
+    /// over tools/make_golden.py and every tools/golden/**/*.py (repository-relative paths, sorted
+    /// by their UTF-8 bytes). Without one (an older tree): sha256 of make_golden.py itself.
+    static func generatorSHA256(_ generator: String) throws -> String {
+        let package = URL(fileURLWithPath: generator).deletingLastPathComponent().appendingPathComponent("golden")
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: package.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            return try SHA256.hex(fileAt: generator)
+        }
+        guard let walker = FileManager.default.enumerator(atPath: package.path) else {
+            throw CocoaError(.fileReadUnknown, userInfo: [NSFilePathErrorKey: package.path])
+        }
+        var files = [(relative: "tools/make_golden.py", path: generator)]
+        for case let relative as String in walker where relative.hasSuffix(".py") {
+            let path = package.appendingPathComponent(relative).path
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
+                files.append((relative: "tools/golden/" + relative, path: path))
+            }
+        }
+        files.sort { Array($0.relative.utf8).lexicographicallyPrecedes(Array($1.relative.utf8)) }
+        var manifest = ""
+        for file in files {
+            manifest += file.relative + "\0" + (try SHA256.hex(fileAt: file.path)) + "\n"
+        }
+        return SHA256.hex(Data(manifest.utf8))
     }
 
     /// `name==version` lines of a requirements file (comments and other specifiers ignored).

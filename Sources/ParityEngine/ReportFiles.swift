@@ -29,9 +29,18 @@ public enum ReportFiles {
                 differingElements: $0.worst?.differingElements, maxULP: $0.worst?.maxULP,
                 pairs: $0.pairs, worstPair: $0.worstLabel)
         }
+        struct Finding: Encodable {
+            var invariant, scenario, library, detail: String
+            var libraryMaxAbs: Float, upstreamBound: Float
+        }
+        struct Report: Encodable { var rows: [Row]; var libraryFindings: [Finding] }
+        let findings = rows.filter { $0.verdict == .finding }.map {
+            Finding(invariant: $0.invariant, scenario: $0.scenario, library: $0.library ?? "", detail: $0.detail,
+                    libraryMaxAbs: $0.libraryWorst ?? 0, upstreamBound: $0.upstreamBound ?? 0)
+        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        return try encoder.encode(encoded)
+        return try encoder.encode(Report(rows: encoded, libraryFindings: findings))
     }
 
     static func junit(_ rows: [InvariantRow]) -> String {
@@ -47,6 +56,7 @@ public enum ReportFiles {
             xml += "  <testcase classname=\"\(escape(row.scenario))\" name=\"\(escape(row.invariant))\">"
             switch row.verdict {
             case .pass: break
+            case .finding: xml += "<system-out>\(escape("library finding: " + row.detail))</system-out>"
             case .fail, .notRun:
                 xml += "<failure message=\"\(escape(row.verdict.rawValue + ": " + row.detail))\">\(escape(row.reproduce))</failure>"
             case .error:
@@ -54,7 +64,18 @@ public enum ReportFiles {
             }
             xml += "</testcase>\n"
         }
-        return xml + "</testsuite>\n"
+        xml += "</testsuite>\n"
+        // Findings about the library, apart from the port's verdicts: a suite of their own.
+        let findings = rows.filter { $0.verdict == .finding }
+        if !findings.isEmpty {
+            xml += "<testsuite name=\"library-findings\" tests=\"\(findings.count)\" failures=\"0\" errors=\"0\">\n"
+            for row in findings {
+                xml += "  <testcase classname=\"\(escape(row.scenario))\" name=\"\(escape(row.invariant))\">"
+                xml += "<system-out>\(escape(row.detail))</system-out></testcase>\n"
+            }
+            xml += "</testsuite>\n"
+        }
+        return xml
     }
 
     static func markdown(_ rows: [InvariantRow]) -> String {
@@ -64,6 +85,15 @@ public enum ReportFiles {
             md += "| \(row.invariant) | \(row.scenario) | \(row.tolerance) | "
             md += "\(row.worst.map { TextReport.format($0.maxAbs) } ?? "-") | \(row.worst.map { "\($0.differingElements)" } ?? "-") | "
             md += "\(row.verdict.rawValue)\(row.detail.isEmpty ? "" : ": " + row.detail) |\n"
+        }
+        let findings = rows.filter { $0.verdict == .finding }
+        if !findings.isEmpty {
+            md += "\n## Library findings\n\nThe port reproduces its library pair by pair; the library itself exceeds "
+                + "the bound of upstream's tests.\n\n| invariant | golden | library max abs | upstream bound | detail |\n|---|---|---|---|---|\n"
+            for f in findings {
+                md += "| \(f.invariant) | \(f.scenario) | \(TextReport.format(f.libraryWorst ?? 0)) | "
+                    + "\(TextReport.format(f.upstreamBound ?? 0)) | \(f.detail) |\n"
+            }
         }
         return md
     }

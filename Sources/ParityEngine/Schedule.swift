@@ -102,7 +102,7 @@ public enum ScheduleRunner {
             }
             afterPrompt = cache?.layers
         case let .calls(calls):
-            guard let vlm = model as? VLMTextModel else {
+            guard let (vlm, sink) = FaultedModel.vlmMirror(model, tracing: recorder) else {
                 throw ScheduleError.inconsistent("explicit LanguageModel calls need the mlx-vlm mirror")
             }
             for (i, scheduled) in calls.enumerated() {
@@ -113,7 +113,7 @@ public enum ScheduleRunner {
                 case .keep:
                     guard i > 0 else { throw ScheduleError.inconsistent("the first call keeps a cache it never had") }
                 }
-                let result = try vlm(scheduled.call, cache: cache, trace: recorder)
+                let result = try vlm(scheduled.call, cache: cache, trace: sink)
                 logits.append(result.logits)
                 positions.append(result.positionIds)
                 states.append(vlm.state)

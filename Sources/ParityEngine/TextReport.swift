@@ -77,12 +77,18 @@ public enum TextReport {
         return lines.joined(separator: "\n")
     }
 
-    /// "N passed, M failed": skipped or never-run invariants count as failed.
+    /// "N passed, M failed": skipped or never-run invariants count as failed; a library finding
+    /// is a pass of the port, listed on a line of its own after.
     public static func summary(_ rows: [InvariantRow]) -> String {
-        let passed = rows.filter { $0.verdict == .pass }.count
+        let passed = rows.filter { $0.verdict.isSuccess }.count
         let notRun = rows.filter { $0.verdict == .notRun }.count
         var text = "\(passed) passed, \(rows.count - passed) failed"
         if notRun > 0 { text += " (\(notRun) not run, counted as failed)" }
+        let findings = rows.filter { $0.verdict == .finding }
+        if !findings.isEmpty {
+            text += "\n\(findings.count) library finding(s): the reference library itself exceeds upstream's bound"
+            for f in findings { text += "\n  \(f.invariant) · \(f.scenario): \(f.detail)" }
+        }
         return text
     }
 

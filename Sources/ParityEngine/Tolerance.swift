@@ -8,12 +8,17 @@ public enum Tolerance: Sendable, Equatable, CustomStringConvertible {
     case ulp(Int)
     /// Every element within an absolute distance.
     case atol(Float)
+    /// Pair by pair, the same distance as the reference library's own for the same two
+    /// schedules (stored in the golden): what a bit-exact port of a library that is not
+    /// schedule-invariant must show. Judged in InvariantRegistry with the stored pair.
+    case library
 
     public var description: String {
         switch self {
         case .exact: return "exact"
         case .ulp(let k): return "ulp(\(k))"
         case .atol(let x): return "atol(\(TextReport.format(x)))"
+        case .library: return "= library"
         }
     }
 
@@ -23,6 +28,7 @@ public enum Tolerance: Sendable, Equatable, CustomStringConvertible {
         case .exact: return d.differingElements == 0
         case .ulp(let k): return d.maxULP <= UInt32(k)
         case .atol(let x): return d.maxAbs <= x
+        case .library: return false   // needs the library's pair: see Measurement.library
         }
     }
 }

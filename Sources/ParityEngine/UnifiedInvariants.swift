@@ -184,21 +184,27 @@ extension InvariantRegistry {
             let L = mc.promptLength
             let prompt = UnifiedPrompt(input: .embeddings(mc.embeddings), positions: mc.unifiedPositions)
             let steps = decode.map { [[$0]] }
-            let whole = try unified.predict(prompt, calls: [L], decode: steps).logits
+            let trace = c.implementations.unifiedTrace
+            let whole = try unified.predict(prompt, calls: [L], decode: steps, trace: trace).logits
             for tail in [1, 4] where tail < L {
                 let calls = [L - tail] + Array(repeating: 1, count: tail)
-                let run = try unified.predict(prompt, calls: calls, decode: steps).logits
+                let run = try unified.predict(prompt, calls: calls, decode: steps, trace: trace).logits
                 out.append(Measurement(label: "\(mc.name) prefix \(L - tail) + \(tail) + \(decode.count) decodes",
                                        difference: .measure(run, whole)))
             }
             // The prompt and its decode tokens as one input: a call crossing the stored end.
             let extended = UnifiedPrompt(input: .embeddings(Tensor.concatenate([mc.embeddings, try unified.embeddings(of: [decode])], axis: 1)),
                                          positions: mc.unifiedPositions)
-            let stitched = try unified.predict(extended, calls: [L + decode.count]).logits
+            let stitched = try unified.predict(extended, calls: [L + decode.count], trace: trace).logits
             out.append(Measurement(label: "\(mc.name) one call of \(L)+\(decode.count) (stitched past the stored end)",
                                    difference: .measure(stitched, whole)))
         }
-        return out
+        return try withLibraryDistances(out, c, "unified-mrope-prefix-decode")
+    }
+
+    static func withLibraryDistances(_ out: [Measurement], _ c: InvariantContext, _ id: String) throws -> [Measurement] {
+        guard !out.isEmpty else { return out }
+        return try StoredLibraryDistances.read(c.golden, invariant: id).attach(out, golden: c.golden, invariant: id)
     }
 
     /// Chunked MRoPE prefill at every step 1…L (generate's rule) against the whole prompt, each
@@ -211,14 +217,15 @@ extension InvariantRegistry {
             let L = mc.promptLength
             let prompt = UnifiedPrompt(input: .embeddings(mc.embeddings), positions: mc.unifiedPositions)
             let steps = decode.prefix(2).map { [[$0]] }
-            let whole = try unified.predict(prompt, calls: [L], decode: Array(steps)).logits
+            let trace = c.implementations.unifiedTrace
+            let whole = try unified.predict(prompt, calls: [L], decode: Array(steps), trace: trace).logits
             for step in 1...L {
                 let calls = ScheduleRunner.generateCalls(promptLength: L, prefillStep: step)
-                let run = try unified.predict(prompt, calls: calls, decode: Array(steps)).logits
+                let run = try unified.predict(prompt, calls: calls, decode: Array(steps), trace: trace).logits
                 out.append(Measurement(label: "\(mc.name) step \(step) \(calls)", difference: .measure(run, whole)))
             }
         }
-        return out
+        return try withLibraryDistances(out, c, "unified-mrope-chunked-sweep")
     }
 
     // MARK: unified-no-state-leak

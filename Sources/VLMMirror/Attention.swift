@@ -42,7 +42,7 @@ struct Attention {
     /// `x` `[B, L, D]` (input-normed) → `[B, L, D]`. `angles` are the model's shared cos/sin; without
     /// them the layer builds positions from the cache offset (Qwen3_5Model called directly).
     func callAsFunction(_ x: Tensor, mask: AttentionMask, cache: inout AttentionCache?,
-                        angles: RotaryAngles?, trace: SubStepTrace) -> Tensor {
+                        rope given: (positions: VLMPositions, angles: RotaryAngles)?, trace: SubStepTrace) -> Tensor {
         let (B, L, hd) = (x.shape[0], x.shape[1], headDim)
         // Traced with the shapes the golden probes use (ParityCore SubSteps).
         let queryProjection = x.linear(qProj, bias: qBias)
@@ -60,7 +60,19 @@ struct Attention {
         let v = x.linear(vProj, bias: vBias).reshaped([B, L, kvHeads, hd]).permuted([0, 2, 1, 3])
         trace("v", v)
 
-        let rope = angles ?? rotary.angles(positionsFromOffset(cache, batch: B, length: L))
+        let offsets = BookkeepingSteps.cacheOffsets(cache?.offsets(batch: B) ?? [Int](repeating: 0, count: B), trace: trace)
+        var positions = given?.positions.threeAxes ?? positionsFromOffset(offsets, padded: cache?.leftPadding != nil, length: L)
+        var angles = given?.angles
+        if trace.isActive {   // the positions as the layer uses them; a rewritten one gets its own angles
+            let recorded = BookkeepingSteps.ropePositions(batch: B, length: L) { positions.at(axis: $0, row: $1, t: $2) }
+            let tapped = trace.tap("rope_positions", recorded)
+            if tapped.data != recorded.data {
+                positions = VLMPositions(axes: 3, batch: B, length: L, values: (0..<3).flatMap { axis in
+                    (0..<(B * L)).map { Int(tapped.data[$0 * 3 + axis].rounded(.down)) } })
+                angles = nil
+            }
+        }
+        let rope = angles ?? rotary.angles(positions)
         MRoPE.apply(&q, rope)
         MRoPE.apply(&k, rope)
         trace("q_rope", q); trace("k_rope", k)
@@ -72,7 +84,8 @@ struct Attention {
             c.keys = keys; c.values = values; c.length += L
             cache = c
         }
-        let attended = attend(q, keys, values, mask: mask)     // [B, H, L, hd]
+        let visible = Self.intervals(mask, batch: B, queries: L, keys: keys.shape[2]).tapped(trace)
+        let attended = attend(q, keys, values, mask: mask, visible: visible)     // [B, H, L, hd]
         trace("sdpa", attended)
         var out = attended.permuted([0, 2, 1, 3]).reshaped([B, L, heads * hd])
         for i in out.data.indices { out.data[i] *= Activation.sigmoid(gate.data[i]) }
@@ -84,27 +97,23 @@ struct Attention {
 
     /// `position_ids is None`: `offset + arange(L)` on all three axes, per row (clamped at 0)
     /// when the cache offset is a vector.
-    private func positionsFromOffset(_ cache: AttentionCache?, batch B: Int, length L: Int) -> VLMPositions {
-        let offsets: [Int]
-        if let cache, cache.leftPadding != nil {
-            offsets = cache.offsets(batch: B).map { max($0, 0) }
-        } else {
-            offsets = [Int](repeating: cache?.length ?? 0, count: B)
-        }
-        return VLMPositions(rows: offsets.map { o in (0..<L).map { o + $0 } }).threeAxes
+    /// Text positions from the cache offsets; a left-padded batch cache clamps them at 0.
+    private func positionsFromOffset(_ offsets: [Int], padded: Bool, length L: Int) -> VLMPositions {
+        VLMPositions(rows: offsets.map { o in (0..<L).map { (padded ? max(o, 0) : o) + $0 } }).threeAxes
     }
 
     /// `mx.fast.scaled_dot_product_attention` on CPU: q·scale, S = qKᵀ, the mask, a float32
     /// softmax, P·V; query head h reads KV head h / (H/Hkv). A left-padded decode attends
     /// over each row's keys from its padding on, as the per-pad-group fallback slices them.
-    private func attend(_ q: Tensor, _ k: Tensor, _ v: Tensor, mask: AttentionMask) -> Tensor {
+    private func attend(_ q: Tensor, _ k: Tensor, _ v: Tensor, mask: AttentionMask, visible: KeyIntervals) -> Tensor {
         let (B, L, hd, T) = (q.shape[0], q.shape[2], headDim, k.shape[2])
         let perKV = heads / kvHeads
         let scale = Float(1 / Double(hd).squareRoot())
         var out = [Float](repeating: 0, count: q.count)
         for b in 0..<B {
             let first: Int
-            if case .leftPaddedDecode(let pads) = mask { first = pads[b] } else { first = 0 }
+            // A left-padded decode attends over the keys from the row's padding on (a slice, as mlx-vlm).
+            if case .leftPaddedDecode = mask { first = min(max(visible[b, 0].0, 0), T) } else { first = 0 }
             let span = T - first
             var scores = [Float](repeating: 0, count: L * span)
             var scaled = [Float](repeating: 0, count: L * hd)
@@ -122,7 +131,8 @@ struct Attention {
                 }
                 for i in 0..<L {
                     let row = i * span
-                    for j in 0..<span where !visible(mask, b: b, i: i, j: j, L: L, T: T) {
+                    let (lo, hi) = visible[b, i]
+                    for j in 0..<span where first + j < lo || first + j >= hi {
                         scores[row + j] = -Float.greatestFiniteMagnitude
                     }
                     var peak = -Float.infinity
@@ -149,12 +159,24 @@ struct Attention {
         return Tensor(shape: q.shape, data: out)
     }
 
-    @inline(__always)
-    private func visible(_ mask: AttentionMask, b: Int, i: Int, j: Int, L: Int, T: Int) -> Bool {
-        switch mask {
-        case .none, .leftPaddedDecode: return true
-        case .causal: return j <= i + (T - L)
-        case .explicit(let m): return m[(b * L + i) * T + j]
+    /// The keys each query sees, one interval per query as mlx-vlm builds its masks.
+    static func intervals(_ mask: AttentionMask, batch B: Int, queries L: Int, keys T: Int) -> KeyIntervals {
+        var v = KeyIntervals(batch: B, queries: L)
+        for b in 0..<B {
+            for i in 0..<L {
+                switch mask {
+                case .none: v[b, i] = (0, T)
+                case .leftPaddedDecode(let pads): v[b, i] = (pads[b], T)
+                case .causal: v[b, i] = (0, min(T, i + (T - L) + 1))
+                case .explicit(let m):
+                    let base = (b * L + i) * T
+                    let row = Array(m[base..<(base + T)])
+                    let first = row.firstIndex(of: true) ?? 0, end = (row.lastIndex(of: true) ?? -1) + 1
+                    precondition(row[first..<max(first, end)].allSatisfy { $0 }, "[attention mask] row \(b) query \(i) is not one interval")
+                    v[b, i] = (first, end)
+                }
+            }
         }
+        return v
     }
 }

@@ -37,40 +37,39 @@ struct GatedDeltaNet {
         let (Hk, dk, Hv, dv) = (keyHeads, keyDim, valueHeads, valueDim)
         let Kd = Hk * dk, Cc = 2 * Kd + Hv * dv, window = kernel - 1
 
-        var mixed = x.linear(inProjQKV)          // [B, S, Cc]
-        let z = x.linear(inProjZ)                // [B, S, Hv·dv]
-        let b = x.linear(inProjB)                // [B, S, Hv]
-        let a = x.linear(inProjA)                // [B, S, Hv]
-        trace("qkv", mixed); trace("z", z); trace("b", b); trace("a", a)
+        // Each sub-step goes through a tap: recorded, and what the layer continues with (a fault
+        // injected there acts on everything after it).
+        var mixed = trace.tap("qkv", x.linear(inProjQKV))   // [B, S, Cc]
+        let z = trace.tap("z", x.linear(inProjZ))           // [B, S, Hv·dv]
+        let b = trace.tap("b", x.linear(inProjB))           // [B, S, Hv]
+        let a = trace.tap("a", x.linear(inProjA))           // [B, S, Hv]
 
         // A conv state of another batch size is replaced by zeros; so is a mask.
         var state = Tensor(zeros: [B, window, Cc])
         if let s = cache?.convState, s.shape[0] == B { state = s }
-        let mask = mask.flatMap { $0.count == B * S ? $0 : nil }
+        let mask = BookkeepingSteps.ssmMask(mask.flatMap { $0.count == B * S ? $0 : nil }, batch: B, steps: S, trace: trace)
         if let mask {
             for r in 0..<(B * S) where !mask[r] { for ch in 0..<Cc { mixed.data[r * Cc + ch] = 0 } }
         }
         let convInput = Tensor.concatenate([state, mixed], axis: 1)   // [B, K−1+S, Cc]
         if var c = cache {
-            c.convState = trailingWindow(convInput, lengths: c.lengths, steps: S)
+            c.convState = trace.tap("conv_state", trailingWindow(convInput, lengths: c.lengths, steps: S))
             cache = c
         }
-        let preActivation = depthwiseConv(convInput, steps: S)       // [B, S, Cc]
-        trace("conv_out", preActivation)
+        let preActivation = trace.tap("conv_out", depthwiseConv(convInput, steps: S))   // [B, S, Cc]
         let convOut = preActivation.map(Activation.silu)
 
         // _normalize_qk: eps written 1e-6 / dk; the dk^-½ readout scale folded into q.
         let invScale = Double(dk).squareRoot().reciprocal
         let normEps = Float(1e-6 / Double(dk))
-        let q = convOut.slice(axis: 2, start: 0, length: Kd).reshaped([B, S, Hk, dk])
-            .rmsNorm(weight: nil, eps: normEps) * Float(invScale * invScale)
-        let k = convOut.slice(axis: 2, start: Kd, length: Kd).reshaped([B, S, Hk, dk])
-            .rmsNorm(weight: nil, eps: normEps) * Float(invScale)
-        let v = convOut.slice(axis: 2, start: 2 * Kd, length: Hv * dv).reshaped([B, S, Hv, dv])
-        trace("q_normed", q); trace("k_normed", k); trace("v", v)
+        let q = trace.tap("q_normed", convOut.slice(axis: 2, start: 0, length: Kd).reshaped([B, S, Hk, dk])
+            .rmsNorm(weight: nil, eps: normEps) * Float(invScale * invScale))
+        let k = trace.tap("k_normed", convOut.slice(axis: 2, start: Kd, length: Kd).reshaped([B, S, Hk, dk])
+            .rmsNorm(weight: nil, eps: normEps) * Float(invScale))
+        let v = trace.tap("v", convOut.slice(axis: 2, start: 2 * Kd, length: Hv * dv).reshaped([B, S, Hv, dv]))
 
         // _compute_g_beta: g = exp(−exp(A_log)·softplus(a + dt_bias)) (float32), β = sigmoid(b).
-        let beta = b.map(Activation.sigmoid)
+        let beta = trace.tap("beta", b.map(Activation.sigmoid))
         var g = a
         for r in 0..<(B * S) {
             for h in 0..<Hv {
@@ -78,14 +77,14 @@ struct GatedDeltaNet {
                 g.data[i] = MLXMath.exp(-MLXMath.exp(aLog.data[h]) * Activation.softplus(a.data[i] + dtBias.data[h]))
             }
         }
-        trace("beta", beta); trace("g", g)
+        g = trace.tap("g", g)
 
         var recurrent = Tensor(zeros: [B, Hv, dv, dk])
         if let s = cache?.recurrentState, s.shape[0] == B { recurrent = s }
-        let y = S > 1
+        let y = trace.tap("core_out", S > 1
             ? chunkedDeltaRule(q: q, k: k, v: v, g: g, beta: beta, state: &recurrent, mask: mask)
-            : sequentialDeltaRule(q: q, k: k, v: v, g: g, beta: beta, state: &recurrent, mask: mask)
-        trace("core_out", y); trace("final_state", recurrent)
+            : sequentialDeltaRule(q: q, k: k, v: v, g: g, beta: beta, state: &recurrent, mask: mask))
+        recurrent = trace.tap("final_state", recurrent)
         if var c = cache {
             c.recurrentState = recurrent
             c.leftPadding = c.leftPadding?.map { $0 - S }   // ArraysCache.advance
@@ -96,10 +95,8 @@ struct GatedDeltaNet {
         // Qwen3_5RMSNormGated: rms_norm(y)·w per value head, then silu(z)·that in float32.
         var gated = y.rmsNorm(weight: normWeight, eps: eps).reshaped([B, S, Hv * dv])
         for i in gated.data.indices { gated.data[i] = Activation.silu(z.data[i]) * gated.data[i] }
-        trace("gated_norm_out", gated.reshaped([B, S, Hv, dv]))
-        let out = gated.linear(outProj)
-        trace("out_proj", out)
-        return out
+        gated = trace.tap("gated_norm_out", gated.reshaped([B, S, Hv, dv])).reshaped([B, S, Hv * dv])
+        return trace.tap("out_proj", gated.linear(outProj))
     }
 
     /// `ArraysCache.update_window`: the last K−1 inputs, or with `lengths` each row's K−1 inputs

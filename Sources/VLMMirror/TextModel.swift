@@ -33,7 +33,8 @@ struct DecoderLayer {
         eps = c.eps
     }
 
-    func callAsFunction(_ x: Tensor, attentionMask: AttentionMask, ssmMask: [Bool]?, angles: RotaryAngles?,
+    func callAsFunction(_ x: Tensor, attentionMask: AttentionMask, ssmMask: [Bool]?,
+                        rope: (positions: VLMPositions, angles: RotaryAngles)?,
                         cache: inout LayerCache?, trace: TraceSink?) -> Tensor {
         let steps = SubStepTrace(sink: trace, layer: index)
         let normed = x.rmsNorm(weight: inputNorm, eps: eps)
@@ -48,7 +49,7 @@ struct DecoderLayer {
         case .full(let attention):
             var c: AttentionCache?
             if case .attention(let s) = cache { c = s }
-            mixed = attention(normed, mask: attentionMask, cache: &c, angles: angles, trace: steps)
+            mixed = attention(normed, mask: attentionMask, cache: &c, rope: rope, trace: steps)
             if let c { cache = .attention(c) }
         }
         let h = x + mixed
@@ -125,13 +126,13 @@ struct InnerModel {
         let attentionMask = try attentionMask(faCache, batch: B, length: L, cached: cache != nil)
         let ssmMask = ssmMask(ssmCache, batch: B, length: L)
         // On CPU the first attention layer's rotary module computes cos/sin once for all layers.
-        let angles = positions.map { rotary.angles($0) }
+        let rope = positions.map { (positions: $0, angles: rotary.angles($0)) }
         if let positions, positions.batch != B || positions.length != L {
             throw ForwardError.badInputShape("position ids \(positions.axes == 1 ? [positions.batch, positions.length] : [3, positions.batch, positions.length]) for a [\(B), \(L)] call")
         }
         for layer in layers {
             var c = cache?.layers[layer.index]
-            h = layer(h, attentionMask: attentionMask, ssmMask: ssmMask, angles: angles, cache: &c, trace: trace)
+            h = layer(h, attentionMask: attentionMask, ssmMask: ssmMask, rope: rope, cache: &c, trace: trace)
             if let c { cache?.layers[layer.index] = c }
             trace?.record(.layerOutput(layer.index), h)
         }

@@ -183,14 +183,15 @@ import Testing
         let golden = try GoldenFile(path: url.path)
         let weights = { try golden.weights() }
         #expect(DiffSides.recognises("candidate:copy") && !DiffSides.recognises("candidate:"))
-        let text = try DiffSides.make("candidate:copy", golden: golden, scenario: "full_prefill", weights: weights)
-        let mrope = try DiffSides.make("candidate:copy", golden: golden, scenario: "mrope_full_decode", weights: weights)
-        #expect(text.numerics == "mlx-lm" && mrope.numerics == "mlx-vlm")
-        #expect(throws: GoldenError.self) { try DiffSides.make("candidate:other", golden: golden, scenario: nil, weights: weights) }
+        let side = try DiffSides.make("candidate:copy", golden: golden, weights: weights)
+        let bounds = { (s: String) in PairBounds(golden: golden, scenario: try golden.scenario(s), override: nil) }
+        #expect(try bounds("full_prefill").numerics(side) == "mlx-lm" && bounds("mrope_full_decode").numerics(side) == "mlx-vlm")
+        #expect(throws: GoldenError.self) { try DiffSides.make("candidate:other", golden: golden, weights: weights) }
+        let (text, mrope) = (side, side)
 
         let same = try Diff.run(golden, scenario: "full_prefill",
                                 sides: [try DiffSides.make("golden-lm", golden: golden, weights: weights), text])
-        #expect(same.tolerance == .exact && same.agrees)
+        #expect(same.tolerance.description == "exact" && same.agrees)
         // The nudge sits in layer 1's output, token 3: the vote with the vlm mirror blames the candidate there.
         let report = try Diff.run(golden, scenario: "mrope_full_decode", sides: [
             try DiffSides.make("golden-vlm", golden: golden, weights: weights), mrope,
@@ -248,7 +249,7 @@ import Testing
         let weights = { try golden.weights() }
         for scenario in ["mrope_full_decode", "mrope_chunked_boundary_step2", "image_prompt_two"] {
             let sides = try ["golden-vlm", "candidate:sequential_mrope", "vlm"].map {
-                try DiffSides.make($0, golden: golden, scenario: scenario, weights: weights)
+                try DiffSides.make($0, golden: golden, weights: weights)
             }
             let report = try Diff.run(golden, scenario: scenario, sides: sides)
             #expect(report.first?.item == .layer(0), "\(scenario)")

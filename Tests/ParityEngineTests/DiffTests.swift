@@ -23,6 +23,9 @@ struct DiffFixture {
     }
 
     func faulted(_ layer: Int, _ name: String) -> ImplementationSide { lm.faulted(SubStepFault(layer: layer, name: name)) }
+
+    /// A registered side by its command-line name, over the same weights.
+    func side(_ id: String) throws -> DiffSide { try DiffSides.make(id, golden: golden) { weights } }
 }
 
 /// One fault case: a golden, a layer, a sub-step.
@@ -38,8 +41,16 @@ struct FaultCase: CustomTestStringConvertible, Sendable {
     static let all: [FaultCase] =
         SubSteps.deltaNet.flatMap { s in [FaultCase(golden: "tiny-dense.h5", layer: 2, step: s.name),
                                           FaultCase(golden: "tiny-hv2-tied.h5", layer: 0, step: s.name)] }
-        + SubSteps.attention.flatMap { s in [FaultCase(golden: "tiny-dense.h5", layer: 3, step: s.name),
-                                             FaultCase(golden: "tiny-hv2-tied.h5", layer: 1, step: s.name)] }
+        // rope_positions is recorded, not rewritten, in the lm mirror (its rope reads the offsets:
+        // kv_offset is the faultable step there; the vlm mirror's MRoPE positions are faulted below).
+        + SubSteps.attention.filter { $0.name != "rope_positions" }.flatMap { s in
+            [FaultCase(golden: "tiny-dense.h5", layer: 3, step: s.name), FaultCase(golden: "tiny-hv2-tied.h5", layer: 1, step: s.name)] }
+        + SubSteps.denseFeedForward.flatMap { s in [FaultCase(golden: "tiny-dense.h5", layer: 2, step: s.name),
+                                                    FaultCase(golden: "tiny-dense.h5", layer: 3, step: s.name)] }
+        // Left out: router_probs, where the nudged expert may not be among the chosen ones (then
+        // nothing reads it); topk_indices is faulted through diff tests of whole-numbered steps.
+        + SubSteps.moeFeedForward.filter { !["router_probs", "topk_indices"].contains($0.name) }.flatMap { s in
+            [FaultCase(golden: "tiny-moe.h5", layer: 1, step: s.name), FaultCase(golden: "tiny-moe.h5", layer: 3, step: s.name)] }
 }
 
 @Suite(.serialized) struct DiffTests {
@@ -59,7 +70,8 @@ struct FaultCase: CustomTestStringConvertible, Sendable {
             let report = try Diff.run(f.golden, scenario: "full_prefill", sides: [f.goldenSide, f.lm], layer: layer)
             let table = try #require(report.drillDown)
             let compared = table.rows.filter { $0.status != .missing }
-            let stored = kinds[layer] == .linearAttention ? 15 : 9   // 8 stored probes + gate sliced from q_proj
+            // attention: 8 stored probes + gate sliced from q_proj; then the feed-forward's, all stored
+            let stored = (kinds[layer] == .linearAttention ? 15 : 9) + (f.golden.config.isMoE ? 10 : 5)
             #expect(compared.count == stored, "layer \(layer): \(compared.map(\.item.label))")
             #expect(compared.allSatisfy { $0.status == .identical && $0.diff?.difference.differingElements == 0 })
         }
@@ -92,6 +104,78 @@ struct FaultCase: CustomTestStringConvertible, Sendable {
             #expect(report.first?.item.layer == layer)
             #expect(report.first?.subStep == step, "\(layer):\(step) named \(report.first?.subStep ?? "nothing")")
         }
+    }
+
+    /// Faults that live only in a multi-call schedule (a cache offset, a conv window carried to the
+    /// next call), only in a padded batch (a mask that lets a query see padding, a padding bit),
+    /// only in MRoPE calls (an axis's position), or in the MoE's routing are named at their layer
+    /// and sub-step, on either mirror.
+    @Test(arguments: [
+        ("tiny-dense.h5", "lm", "prefix_decode", 3, "kv_offset"), ("tiny-dense.h5", "lm", "batch_left_pad", 3, "attn_mask"),
+        ("tiny-dense.h5", "lm", "batch_left_pad", 0, "ssm_mask"), ("tiny-dense.h5", "lm", "prefix_decode", 0, "conv_state"),
+        ("tiny-dense.h5", "vlm", "mrope_prefix_decode", 3, "rope_positions"),
+        ("tiny-dense.h5", "vlm", "mrope_chunked_boundary_step2", 3, "rope_positions"),
+        ("tiny-dense.h5", "vlm", "hazard_chunked_image_prefill", 0, "conv_state"),
+        ("tiny-dense.h5", "vlm", "hazard_batch_without_mask", 3, "attn_mask"),
+        ("tiny-moe.h5", "lm", "full_prefill", 1, "topk_indices"), ("tiny-moe.h5", "vlm", "prefix_decode", 3, "topk_weights"),
+    ])
+    func bookkeepingFaultIsNamedWhereItLives(_ c: (golden: String, side: String, scenario: String, layer: Int, step: String)) throws {
+        let f = try DiffFixture(c.golden)
+        let side = try #require(try f.side(c.side) as? ImplementationSide)
+        let report = try Diff.run(f.golden, scenario: c.scenario, sides: [side, side.faulted(SubStepFault(layer: c.layer, name: c.step))])
+        let first = try #require(report.first, "no divergence found")
+        #expect(first.item.layer == c.layer && first.subStep == c.step, "named \(first.item.label) \(first.subStep ?? "no sub-step")")
+    }
+
+    /// Sub-steps have one shape on both mirrors: unfaulted, lm and vlm sub-step tables of a text
+    /// scenario never differ on shape (gated_norm_out was [B, L, Hv·dv] on one side).
+    @Test func subStepShapesAgreeAcrossMirrors() throws {
+        for name in ["tiny-dense.h5", "tiny-moe.h5"] {
+            let f = try DiffFixture(name)
+            let request = DiffRequest(golden: f.golden, scenario: try f.golden.scenario("batch_left_pad"),
+                                      subStepLayers: Set(f.golden.config.layerKinds.indices))
+            let (lm, vlm) = (try f.lm.capture(request), try f.side("vlm").capture(request))
+            for (layer, steps) in lm.subSteps {
+                for (step, t) in steps { #expect(vlm.subSteps[layer]?[step]?.shape == t.shape, "\(name) layer \(layer) \(step)") }
+                #expect(Set(steps.keys) == Set(vlm.subSteps[layer]?.keys ?? [:].keys), "\(name) layer \(layer)")
+            }
+        }
+    }
+
+    /// Unfaulted, the golden and both mirrors agree item by item on every text scenario of every
+    /// golden: lm against vlm within the libraries' own distance on that golden, so no side departs.
+    @Test(arguments: ["tiny-dense.h5", "tiny-moe.h5", "tiny-hv2-tied.h5"])
+    func unfaultedThreeWayVoteNamesNoSide(name: String) throws {
+        let f = try DiffFixture(name)
+        for scenario in try f.golden.scenarios() where scenario.paths.contains("mlx_lm") && scenario.paths.contains("mlx_vlm") {
+            let report = try Diff.run(f.golden, scenario: scenario.name, sides: [f.goldenSide, f.lm, try f.side("vlm")])
+            let vote = try #require(report.vote)
+            #expect(vote.departing == nil && vote.at == nil, "\(name) \(scenario.name): \(vote.verdict)")
+            #expect(vote.pairs.filter { $0.tolerance.isMeasured }.count == 2)
+        }
+    }
+
+    /// The lm/vlm bound is the library's distance on this golden: the same pair judged bit for bit
+    /// parts, so the measured bound is what lets it pass, and the noise floor is twice its logits row.
+    @Test func libraryBoundComesFromTheGolden() throws {
+        let f = try DiffFixture("tiny-dense.h5")
+        let scenario = try f.golden.scenario("full_prefill")
+        let library = try LibraryDistances.lmVersusVLM(f.golden, scenario)
+        #expect(library.items.values.contains { $0 > 0 })
+        let strict = try Diff.run(f.golden, scenario: "full_prefill", sides: [f.lm, try f.side("vlm")], tolerance: .exact)
+        #expect(!strict.agrees)
+        let measured = try Diff.run(f.golden, scenario: "full_prefill", sides: [f.lm, try f.side("vlm")])
+        #expect(measured.agrees && measured.tolerance.isMeasured)
+        #expect(measured.logits?.noiseFloor == 2 * library.logits && library.logits > 0)
+    }
+
+    /// An older golden without an mlx-vlm run of the scenario gets a message to regenerate, not a constant.
+    @Test func missingLibraryDistanceSaysRegenerate() throws {
+        let f = try DiffFixture("tiny-dense.h5")
+        let mrope = try f.golden.scenarios().first { !$0.paths.contains("mlx_lm") && $0.paths.contains("mlx_vlm") && $0.kind != .image }
+        let s = try #require(mrope)
+        #expect(throws: GoldenError.self) { _ = try LibraryDistances.lmVersusVLM(f.golden, s) }
+        do { _ = try LibraryDistances.lmVersusVLM(f.golden, s) } catch { #expect("\(error)".contains("regenerate")) }
     }
 
     /// With two implementations and the golden, the faulted side is the one that departs,
@@ -172,7 +256,7 @@ struct FaultCase: CustomTestStringConvertible, Sendable {
 
     @Test func unknownSideAndBadFaultAreNamed() throws {
         let f = try DiffFixture("tiny-dense.h5")
-        #expect(throws: DiffError.unknownSide("mlx", known: ["golden-lm", "lm", "golden-vlm", "vlm", "unified"])) {
+        #expect(throws: DiffError.unknownSide("mlx", known: ["golden-lm", "lm", "golden-vlm", "vlm", "golden-vlm-correct", "vlm-correct", "unified"])) {
             try DiffSides.make("mlx", golden: f.golden, weights: { f.weights })
         }
         #expect(throws: DiffError.self) { try SubStepFault(parsing: "conv_out") }
@@ -248,13 +332,15 @@ struct FaultCase: CustomTestStringConvertible, Sendable {
         a[V + 2] = 2; a[V + 3] = 1.5; b[V + 2] = 1.5; b[V + 3] = 2
         // token 2: identical
         a[2 * V + 4] = 3; b[2 * V + 4] = 3
-        let m = LogitMetrics.measure(Tensor(shape: [1, 3, V], data: a), Tensor(shape: [1, 3, V], data: b), positions: [0, 1, 2], valid: nil)
+        let m = LogitMetrics.measure(Tensor(shape: [1, 3, V], data: a), Tensor(shape: [1, 3, V], data: b), positions: [0, 1, 2], valid: nil,
+                                     noiseFloor: (1e-4, "test"))
         #expect(m.compared == 3 && m.top1Agree == 1)
         #expect(m.flips.count == 1 && m.flips[0].position == 1 && m.flips[0].referenceTop == 2 && m.flips[0].otherTop == 3)
         #expect(m.noiseFlips.count == 1 && m.noiseFlips[0].position == 0)
         #expect(m.klMax > 0 && m.klMaxPosition == 1)
         #expect(m.topKOverlap == 1)   // the same five tokens on top everywhere
-        let same = LogitMetrics.measure(Tensor(shape: [1, 3, V], data: a), Tensor(shape: [1, 3, V], data: a), positions: [0, 1, 2], valid: nil)
+        let same = LogitMetrics.measure(Tensor(shape: [1, 3, V], data: a), Tensor(shape: [1, 3, V], data: a), positions: [0, 1, 2], valid: nil,
+                                     noiseFloor: (1e-4, "test"))
         #expect(same.klMax == 0 && same.flips.isEmpty && same.noiseFlips.isEmpty)
     }
 

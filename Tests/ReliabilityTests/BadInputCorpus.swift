@@ -41,6 +41,8 @@ struct GoldenFacts: Sendable {
     var deltaNetLayer: Int
     /// The vision tower's weights (empty for a golden without image prompts).
     var visionWeights: [String]
+    /// Whether the golden holds mlx-vlm paths (/config vlm_json).
+    var hasVLM: Bool
 
     init(_ url: URL) throws {
         self.url = url
@@ -50,6 +52,7 @@ struct GoldenFacts: Sendable {
         defer { file.close() }
         weights = try file.children(of: "/weights")
         visionWeights = file.exists("/vision/weights") ? try file.children(of: "/vision/weights") : []
+        hasVLM = file.hasAttribute("vlm_json", of: "/config")
         rawJSON = try file.stringAttribute("raw_json", of: "/config")
         effectiveJSON = try file.stringAttribute("effective_json", of: "/config")
         let effective = try JSONSerialization.jsonObject(with: Data(effectiveJSON.utf8)) as! [String: Any]
@@ -570,6 +573,19 @@ enum BadInputCorpus {
         for (key, literal) in [("num_hidden_layers", "4.5"), ("hidden_size", "1e30"), ("vocab_size", "99999999999999999999"),
                                ("num_attention_heads", "-9223372036854775808")] {
             named("raw-json-\(key)-\(literal)", [key]) { try rawJSONSettingKey($0, key, literal: literal) }
+        }
+        if facts.hasVLM {
+            named("vlm-json-image-token-outside-vocab", ["vlm_json", "image_token_id"]) {
+                try editJSON($0, "vlm_json") { $0["image_token_id"] = 1_000_000 }
+            }
+            named("vlm-json-experts-disagree", ["mlx-vlm", "num_experts"]) {
+                try editJSON($0, "vlm_json") { outer in
+                    var text = outer["text_config"] as! [String: Any]
+                    text["model_type"] = "qwen3_5_moe"; text["num_experts"] = 4; text["num_experts_per_tok"] = 2
+                    text["moe_intermediate_size"] = 8; text["shared_expert_intermediate_size"] = 8
+                    outer["text_config"] = text; outer["model_type"] = "qwen3_5_moe"
+                }
+            }
         }
         named("effective-json-disagrees", ["effective_json", "hidden_size"]) {
             try editJSON($0, "effective_json") { $0["hidden_size"] = 64 }

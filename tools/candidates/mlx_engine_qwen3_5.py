@@ -67,8 +67,10 @@ def describe():
 def build(config, weights):
     patch = _patch_module()
     patch.apply_patches()
-    from mlx_lm.models import qwen3_5
-    model = qwen3_5.Model(qwen3_5.ModelArgs.from_dict(config["text_config"]))
+    import importlib
+    # mlx-lm's class for the config's model_type, built after the patch as load_model would.
+    family = importlib.import_module(f"mlx_lm.models.{config['text_config']['model_type']}")
+    model = family.Model(family.ModelArgs.from_dict(config["text_config"]))
     if not isinstance(model.language_model.model, patch.PatchedQwen3_5TextModel):
         raise RuntimeError("apply_patches() did not replace mlx-lm's Qwen3_5TextModel")
     model.load_weights(list(weights.items()), strict=True)

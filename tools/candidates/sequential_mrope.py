@@ -163,7 +163,10 @@ def describe():
 
 
 def build(config, weights):
-    model = lm_qwen3_5.Model(lm_qwen3_5.ModelArgs.from_dict(config["text_config"]))
+    import importlib
+    # mlx-lm's class for the config's model_type (qwen3_5_moe subclasses qwen3_5's Model).
+    family = importlib.import_module(f"mlx_lm.models.{config['text_config']['model_type']}")
+    model = family.Model(family.ModelArgs.from_dict(config["text_config"]))
     model.language_model.model = PatchedTextModel(model.language_model.args)
     model.load_weights(list(weights.items()), strict=True)
     model.eval()

@@ -2,9 +2,9 @@
 LanguageModel) takes images through its own image processor, and records what the tower
 computes on the way to the merged input embeddings.
 
-Called from tools/make_golden.py through two hooks: capture() builds the full mlx-vlm Model
-around the golden's language weights and runs each prompt's vision half; write() stores the
-vision weights, config and intermediates under /vision. make_golden runs the language half (the
+Called through two hooks: capture() (from vlm_paths) builds the full mlx-vlm Model around the
+golden's language weights and runs each prompt's vision half; write() (from writing) stores the
+vision weights, config and intermediates under /vision. vlm_paths runs the language half (the
 generate-style schedule) on capture()'s LanguageModel like every other mlx-vlm scenario.
 Layout and meaning: docs/golden-format.md, section "Vision".
 
@@ -17,7 +17,6 @@ features at the image tokens and embed_tokens everywhere else, or no golden is w
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 from contextlib import contextmanager
@@ -30,39 +29,68 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_vlm.models.qwen3_vl.processing_qwen3_vl import Qwen3VLImageProcessor
 
-SOURCE = "tools/golden_vision.py"
-CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "vision" / "tiny-vision.json"
-# The processor's size window: every test image below is already a multiple of
-# patch_size * merge_size and inside it, so no resize happens (PIL's bicubic stays out).
-MIN_PIXELS, MAX_PIXELS = 64, 4096
+from .configs import ConfigError
+from .errors import GoldenError, library
+from .provenance import component
+
+# The tower of configs without a vision_config of their own.
+CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "vision" / "tiny-vision.json"
 DECODE_STEPS = 2
 
-# Two prompts: one image, and two images of different sizes (height x width in pixels).
-# Text is split around the images; image token runs come from the grids.
+# Two prompts: one image, and two images of different sizes (height x width in merge blocks of
+# patch_size * spatial_merge_size pixels: 8 for the tiny tower, so 24x32, 16x16 and 32x24).
+# Text is split around the images; image token runs come from the grids. The processor's size
+# window is [1, 64] blocks, so no resize happens (PIL's bicubic stays out).
 PROMPTS = {
-    "image_one": {"images": [(24, 32)], "text": [3, 3],
-                  "about": "one 24x32 image (grid 1x6x8, 12 image tokens) between text"},
-    "image_two": {"images": [(16, 16), (32, 24)], "text": [2, 2, 2],
-                  "about": "two images of different sizes, 16x16 (grid 1x4x4, 4 tokens) and "
-                           "32x24 (grid 1x8x6, 12 tokens), between text"},
+    "image_one": {"images": [(3, 4)], "text": [3, 3]},
+    "image_two": {"images": [(2, 2), (4, 3)], "text": [2, 2, 2]},
 }
+MIN_BLOCKS, MAX_BLOCKS = 1, 64
 
 
-class VisionError(Exception):
+def about(name: str, block: int, merge: int) -> str:
+    """The description of a prompt: pixel sizes, grids and image tokens."""
+    parts = []
+    for h, w in PROMPTS[name]["images"]:
+        gh, gw = h * merge, w * merge
+        parts.append((f"{h * block}x{w * block}", f"1x{gh}x{gw}", h * w))
+    if len(parts) == 1:
+        size, grid, n = parts[0]
+        return f"one {size} image (grid {grid}, {n} image tokens) between text"
+    (s1, g1, n1), (s2, g2, n2) = parts
+    return (f"two images of different sizes, {s1} (grid {g1}, {n1} tokens) and "
+            f"{s2} (grid {g2}, {n2} tokens), between text")
+
+
+class VisionError(GoldenError):
     pass
 
 
-def source_sha256() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-
-
-def read_config() -> tuple[str, dict]:
+def read_config(spec) -> tuple[str, dict]:
+    """The tower's config: the model config's own vision_config, else the tiny one with
+    out_hidden_size set to the text hidden size. (raw text, config)"""
+    hidden = spec.text["hidden_size"]
+    if spec.vision is not None:
+        vision = dict(spec.vision)
+        out = vision.get("out_hidden_size", default_out_hidden_size(spec.model_type))
+        if out != hidden:
+            raise ConfigError(spec.path, "vision_config.out_hidden_size",
+                              f"{out}{'' if 'out_hidden_size' in vision else ' (the library default)'} "
+                              f"is not the text hidden_size {hidden}: the merger's features "
+                              f"replace token embeddings")
+        return json.dumps(spec.vision), vision
     raw = CONFIG_PATH.read_text()
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise VisionError(f"{CONFIG_PATH}: not JSON: {exc}") from exc
-    return raw, config
+    return raw, dict(config, out_hidden_size=hidden)
+
+
+def default_out_hidden_size(model_type: str) -> int:
+    """mlx-vlm's VisionConfig default, which a vision_config without the key gets."""
+    module = importlib.import_module(f"mlx_vlm.models.{model_type}.config")
+    return module.VisionConfig().out_hidden_size
 
 
 class Recorder:
@@ -158,20 +186,16 @@ class Capture:
     language_model: object         # the full Model's LanguageModel, for the schedules
 
 
-def build_model(text_config: dict, vision_config: dict, token_ids: dict):
-    """mlx-vlm's Model(ModelConfig) for the tiny text config with a complete vision config."""
-    module = importlib.import_module(f"mlx_vlm.models.{text_config['model_type']}")
-    vision = dict(vision_config, out_hidden_size=text_config["hidden_size"])
-    params = {"model_type": text_config["model_type"], "text_config": dict(text_config),
-              "vision_config": vision, **token_ids}
-    try:
+def build_model(spec, vision_config: dict):
+    """mlx-vlm's Model(ModelConfig): the LanguageModel's config with the tower's vision config."""
+    params = dict(spec.vlm_params(), vision_config=vision_config)
+    with library("mlx-vlm", "building the whole Model (vision tower + LanguageModel)"):
+        module = importlib.import_module(f"mlx_vlm.models.{spec.model_type}")
         model_config = module.ModelConfig.from_dict(params)
         if isinstance(model_config.vision_config, dict):
             raise VisionError("mlx-vlm left vision_config undeserialised (a required field is missing)")
         model = module.Model(model_config)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise VisionError(f"mlx-vlm could not build the model: {type(exc).__name__}: {exc}") from exc
-    model.eval()
+        model.eval()
     return module, model_config, model
 
 
@@ -179,14 +203,16 @@ def load_weights(module, model_config, model, lm_weights: dict, vision_weights: 
     """The language tensors under mlx-vlm's names and the tower's, checked to pass through
     Model.sanitize unchanged and to arrive bit for bit."""
     provided = {**lm_weights, **vision_weights}
-    sanitized = module.Model.sanitize(model, {k: mx.array(v) for k, v in provided.items()})
+    with library("mlx-vlm", "sanitizing the whole Model's weights"):
+        sanitized = module.Model.sanitize(model, {k: mx.array(v) for k, v in provided.items()})
     if sorted(sanitized) != sorted(provided):
         raise VisionError("mlx-vlm sanitize renamed or dropped weights of the runtime layout")
     for name, value in sanitized.items():
         if not np.array_equal(np.array(value), provided[name]):
             raise VisionError(f"mlx-vlm sanitize is not a fixed point for {name}")
-    model.load_weights(list(sanitized.items()), strict=True)
-    mx.eval(model.parameters())
+    with library("mlx-vlm", "loading the whole Model's weights (strict)"):
+        model.load_weights(list(sanitized.items()), strict=True)
+        mx.eval(model.parameters())
     for name, value in tree_flatten(model.parameters()):
         if not np.array_equal(np.array(value), provided[name]):
             raise VisionError(f"mlx-vlm holds a different {name} than was loaded")
@@ -223,39 +249,45 @@ def run_tower(tower, pixel_values: mx.array, grid: mx.array) -> dict[str, np.nda
     return out
 
 
-def make_prompt(name: str, spec: dict, model, processor, token_ids: dict, text_limit: int,
-                rng) -> Prompt:
-    images = [test_image(rng, h, w) for h, w in spec["images"]]
-    processed = processor(images)
+def make_prompt(name: str, spec: dict, model, processor, token_ids, rng) -> Prompt:
+    """token_ids: inputs.TokenIds (the special ids, and the text ids to draw from)."""
+    merge = processor.merge_size
+    block = processor.patch_size * merge
+    sizes = [(h * block, w * block) for h, w in spec["images"]]
+    images = [test_image(rng, h, w) for h, w in sizes]
+    with library("mlx-vlm", f"image prompt {name}: the image processor"):
+        processed = processor(images)
     pixel_values = processed["pixel_values"].astype(np.float32)
     grid = processed["image_grid_thw"].astype(np.int32)
-    for (h, w), (t, gh, gw) in zip(spec["images"], grid):
+    for (h, w), (t, gh, gw) in zip(sizes, grid):
         if (t, gh * processor.patch_size, gw * processor.patch_size) != (1, h, w):
             raise VisionError(f"{name}: the processor resized a {h}x{w} test image")
-    merge = processor.merge_size
+    special = token_ids.special
     ids: list[int] = []
-    texts = [rng.integers(0, text_limit, size=n).tolist() for n in spec["text"]]
+    texts = [token_ids.text(rng, n) for n in spec["text"]]
     for i, (t, gh, gw) in enumerate(grid):
-        ids += texts[i] + [token_ids["vision_start_token_id"]] \
-            + [token_ids["image_token_id"]] * int(t * (gh // merge) * (gw // merge)) \
-            + [token_ids["vision_end_token_id"]]
+        ids += texts[i] + [special["vision_start_token_id"]] \
+            + [special["image_token_id"]] * int(t * (gh // merge) * (gw // merge)) \
+            + [special["vision_end_token_id"]]
     ids += texts[-1]
     L = len(ids)
-    decode = rng.integers(0, text_limit, size=DECODE_STEPS).tolist()
+    decode = token_ids.text(rng, DECODE_STEPS)
 
     prompt_ids = mx.array([ids], dtype=mx.int32)
     pv, g = mx.array(pixel_values), mx.array(grid)
-    intermediates = run_tower(model.vision_tower, pv, g)
-    embedded = model.get_input_embeddings(prompt_ids, pv, image_grid_thw=g)
-    mx.eval(embedded.inputs_embeds, embedded.position_ids, embedded.rope_deltas)
-    merged = np.array(embedded.inputs_embeds)
-    # The merge is a scatter: features at the image tokens, embed_tokens everywhere else.
-    plain = np.array(model.language_model.model.embed_tokens(prompt_ids))
-    image_rows = np.array(ids) == token_ids["image_token_id"]
+    with library("mlx-vlm", f"image prompt {name}: the vision tower"):
+        intermediates = run_tower(model.vision_tower, pv, g)
+    with library("mlx-vlm", f"image prompt {name}: get_input_embeddings"):
+        embedded = model.get_input_embeddings(prompt_ids, pv, image_grid_thw=g)
+        mx.eval(embedded.inputs_embeds, embedded.position_ids, embedded.rope_deltas)
+        merged = np.array(embedded.inputs_embeds)
+        # The merge is a scatter: features at the image tokens, embed_tokens everywhere else.
+        plain = np.array(model.language_model.model.embed_tokens(prompt_ids))
+    image_rows = np.array(ids) == special["image_token_id"]
     if not (np.array_equal(merged[0, image_rows], intermediates["features"])
             and np.array_equal(merged[0, ~image_rows], plain[0, ~image_rows])):
         raise VisionError(f"{name}: the merged embeddings are not a scatter of the features")
-    return Prompt(name=name, about=spec["about"],
+    return Prompt(name=name, about=about(name, block, merge),
                   token_ids=np.array([ids + decode], dtype=np.int32), prompt_length=L,
                   pixel_values=pixel_values, image_grid_thw=grid, input_embeddings=merged,
                   position_ids=np.array(embedded.position_ids).astype(np.int32),
@@ -263,26 +295,28 @@ def make_prompt(name: str, spec: dict, model, processor, token_ids: dict, text_l
                   intermediates=intermediates)
 
 
-def capture(text_config: dict, lm_weights: dict, token_ids: dict, seed: int,
-            text_limit: int, names: tuple) -> Capture:
-    """Build mlx-vlm's full model around lm_weights (runtime names, "language_model." prefix)
-    and run the vision half of the prompts named (keys of PROMPTS)."""
+def capture(spec, lm_weights: dict, token_ids, seed: int, names: tuple) -> Capture:
+    """Build mlx-vlm's full model for spec (configs.ModelSpec) around lm_weights (runtime names,
+    "language_model." prefix) and run the vision half of the prompts named (keys of PROMPTS)."""
     unknown = set(names) - set(PROMPTS)
     if unknown:
         raise VisionError(f"unknown image prompt(s) {sorted(unknown)}")
-    raw, vision_config = read_config()
-    module, model_config, model = build_model(text_config, vision_config, token_ids)
+    raw, vision_config = read_config(spec)
+    module, model_config, model = build_model(spec, vision_config)
     vision_weights = random_vision_weights(model.vision_tower, seed)
     load_weights(module, model_config, model, lm_weights, vision_weights)
     vc = model_config.vision_config
-    processor = Qwen3VLImageProcessor(patch_size=vc.patch_size, temporal_patch_size=vc.temporal_patch_size,
-                                      merge_size=vc.spatial_merge_size, min_pixels=MIN_PIXELS,
-                                      max_pixels=MAX_PIXELS)
+    block = vc.patch_size * vc.spatial_merge_size
+    with library("mlx-vlm", "making the image processor"):
+        processor = Qwen3VLImageProcessor(
+            patch_size=vc.patch_size, temporal_patch_size=vc.temporal_patch_size,
+            merge_size=vc.spatial_merge_size, min_pixels=MIN_BLOCKS * block ** 2,
+            max_pixels=MAX_BLOCKS * block ** 2)
     rng = np.random.default_rng([seed, 4])
     # Every prompt draws from the generator, so a variant storing fewer prompts still gets
     # the same pictures and ids for the ones it stores.
-    made = [make_prompt(name, spec, model, processor, token_ids, text_limit, rng)
-            for name, spec in PROMPTS.items()]
+    made = [make_prompt(name, prompt, model, processor, token_ids, rng)
+            for name, prompt in PROMPTS.items()]
     prompts = [p for p in made if p.name in names]
     effective = json.dumps({"vision_config": {k: getattr(vc, k) for k in (
         "depth", "hidden_size", "intermediate_size", "num_heads", "patch_size",
@@ -312,8 +346,7 @@ def write(f, cap: Capture | None, shared: dict, put) -> None:
         return
     g = f.create_group("vision")
     g.attrs["config_json"] = cap.config_json
-    g.attrs["generator"] = SOURCE
-    g.attrs["generator_sha256"] = source_sha256()
+    g.attrs["generator"], g.attrs["generator_sha256"] = component(__file__)
     g.attrs["prompts_json"] = json.dumps({p.name: p.about for p in cap.prompts})
     for name in sorted(cap.weights):
         put(g, f"weights/{name}", cap.weights[name], "<f4", shared)

@@ -1,0 +1,115 @@
+"""MLX model directories: writing one from random weights with mlx-lm's own conversion steps
+(--make-checkpoint), and goldens of one as mlx-lm loads it (paths mlx_lm and mlx_lm_f32)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_map_with_path
+from mlx_lm.utils import dequantize_model, load_model, quantize_model, save_config, save_model
+
+from .configs import SUPPORTED_MODEL_TYPES, effective_config, read_config
+from .errors import GoldenError, LibraryFinding, UsageError, library, log
+from .inputs import check_token_ids, make_inputs
+from .lm_paths import build_model, load_random_weights, run_all
+from .provenance import file_sha256, root_attrs
+from .scenarios import F32_PATH, LM_PATH, scenario_list
+from .writing import write_golden
+
+CHECKPOINT_GOLDEN = "parity.h5"  # the golden inside a --make-checkpoint directory
+CHECKPOINT_KINDS = ("bf16", "q4")
+DEFAULT_CHECKPOINT_SCENARIOS = ("full_prefill", "prefix_decode")
+# q4: affine 4-bit, group 64 (mlx's defaults), with two per-module overrides recorded in the
+# config's quantization block the way quantize_model records the MoE router's 8-bit/64.
+Q4_DEFAULTS = {"group_size": 64, "bits": 4}
+Q4_OVERRIDES = {"language_model.lm_head": {"group_size": 32, "bits": 8},
+                "language_model.model.layers.0.mlp.gate_proj": {"group_size": 64, "bits": 8}}
+
+
+def make_checkpoint(args, directory: Path) -> None:
+    """Random weights saved as an MLX model directory with mlx-lm's own conversion steps."""
+    spec = read_config(args.config)
+    config = spec.lm_config()
+    model = build_model(spec.lm_config())
+    load_random_weights(model, args.seed)
+    if args.make_checkpoint == "bf16":
+        # mlx_lm.convert's dtype step: every floating parameter the model's cast_predicate
+        # admits (all but A_log) becomes bfloat16.
+        cast_predicate = getattr(model, "cast_predicate", lambda _: True)
+        with library("mlx-lm", "casting the model to bfloat16"):
+            model.update(tree_map_with_path(
+                lambda k, v: v.astype(mx.bfloat16)
+                if cast_predicate(k) and mx.issubdtype(v.dtype, mx.floating) else v,
+                model.parameters()))
+    else:
+        own = getattr(model, "quant_predicate", None)  # MoE: router and shared gate at 8-bit/64
+
+        def predicate(path, module):
+            if path in Q4_OVERRIDES:
+                return Q4_OVERRIDES[path]
+            return own(path, module) if own is not None else True
+        with library("mlx-lm", "quantizing the model (quantize_model)"):
+            model, config = quantize_model(model, config, Q4_DEFAULTS["group_size"],
+                                           Q4_DEFAULTS["bits"], quant_predicate=predicate)
+    with library("mlx-lm", "saving the model directory (save_model, save_config)"):
+        mx.eval(model.parameters())
+        save_model(directory, model)
+        save_config(config, directory / "config.json")
+    log(f"{args.config.name}: {args.make_checkpoint} checkpoint saved "
+        f"({sum(p.stat().st_size for p in directory.iterdir())} bytes)")
+
+
+def model_files(directory: Path) -> dict:
+    """The files a golden made from a model directory depends on, with their sha256."""
+    names = ["config.json"] + sorted(p.name for p in directory.glob("model*.safetensors"))
+    return {n: file_sha256(directory / n) for n in names if (directory / n).is_file()}
+
+
+def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: str,
+                      model_dir_attr: str = ".") -> None:
+    """A model directory as mlx-lm loads it (mlx_lm) and dequantized in float32 (mlx_lm_f32)."""
+    scenarios = scenario_list(args, DEFAULT_CHECKPOINT_SCENARIOS)
+    if not (model_dir / "config.json").is_file():
+        raise UsageError(f"{model_dir} has no config.json")
+    try:
+        with library("mlx-lm", f"loading the model directory {model_dir} (load_model)"):
+            model, config = load_model(model_dir)
+    except LibraryFinding as finding:
+        if isinstance(finding.exc, FileNotFoundError):  # no weights: not a model directory
+            raise GoldenError(f"mlx-lm could not load {model_dir}: {finding.exc}") from finding.exc
+        raise
+    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        raise GoldenError(f"unknown model_type {config.get('model_type')!r} in {model_dir}")
+    raw_json = (model_dir / "config.json").read_text(encoding="utf-8")
+    effective = effective_config(model)
+    inputs = make_inputs(args.seed, args.prompt_length, effective["vocab_size"])
+    dtypes = sorted({str(v.dtype) for _, v in tree_flatten(model.parameters())})
+    adt = model.language_model.model.embed_tokens(mx.array([[0]])).dtype
+    log(f"{model_dir.name}: parameter dtypes {dtypes}, activations {adt}")
+
+    native = run_all(model, scenarios, inputs, LM_PATH)
+    with library("mlx-lm", "dequantizing the model to float32 (dequantize_model, set_dtype)"):
+        dequantize_model(model)
+        model.set_dtype(mx.float32)
+        mx.eval(model.parameters())
+    widened = run_all(model, scenarios, inputs, F32_PATH)
+    for sc, a, b in zip(scenarios, native, widened):
+        d = float(np.abs(a.result.logits - b.result.logits).max())
+        log(f"  {sc.name}: max |logits({LM_PATH}) - logits({F32_PATH})| = {d:.3e}")
+
+    root = root_attrs(args, variant, str(adt).removeprefix("mlx.core."),
+                      [sc.definition() for sc in scenarios])
+    if not kind:
+        root["weights_seed"] = -1  # the weights came from the directory; the seed drew the tokens
+    root |= {"weights_source": "model_dir", "model_dir": model_dir_attr,
+             "model_files_json": json.dumps(model_files(model_dir)),
+             "checkpoint_kind": kind,
+             "quantization_json": json.dumps(config.get("quantization"))}
+    meta = {"root": root, "raw_json": raw_json, "effective_json": json.dumps(effective)}
+    check_token_ids(inputs.datasets(), [], effective["vocab_size"])
+    write_golden(out_h5, meta, None, inputs.datasets(),
+                 [(sc, {LM_PATH: a, F32_PATH: b}) for sc, a, b in zip(scenarios, native, widened)])
