@@ -43,9 +43,17 @@ parity: build
 	$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/qwen-parity check $(GOLDEN)
 
 ## golden: regenerate golden/*.h5 and golden/checkpoints/* from the pinned reference packages
-## (or one golden: CONFIG=FILE [OUT=FILE] [SEED=N]); a change needs REASON="..." (kept in history_json)
+## (or one golden: CONFIG=FILE [OUT=FILE] [SEED=N]); a change needs REASON="..." (kept in history_json).
+## CANDIDATE=adapter.py [CANDIDATE_PYTHON=PY] adds a user's implementation as the path
+## candidate:<name> (tools/golden_candidates.py); such goldens go to reports/candidates/, never golden/
+CANDIDATE_OUT = reports/candidates/$(basename $(notdir $(CONFIG)))-$(basename $(notdir $(CANDIDATE))).h5
 golden: venv
-ifdef CONFIG
+ifdef CANDIDATE
+	@test -n "$(CONFIG)" || { echo "CANDIDATE needs CONFIG=tools/configs/NAME.json"; exit 2; }
+	@mkdir -p $(dir $(or $(OUT),$(CANDIDATE_OUT)))
+	$(PYTHON) tools/make_golden.py --config $(CONFIG) --out $(or $(OUT),$(CANDIDATE_OUT)) --candidate $(CANDIDATE) \
+	  $(if $(CANDIDATE_PYTHON),--candidate-python $(CANDIDATE_PYTHON)) $(if $(SEED),--seed $(SEED)) $(REASON_ARG)
+else ifdef CONFIG
 	$(PYTHON) tools/make_golden.py --config $(CONFIG) --out $(or $(OUT),golden/$(basename $(notdir $(CONFIG))).h5) \
 	  $(if $(SEED),--seed $(SEED)) $(REASON_ARG)
 else

@@ -17,6 +17,9 @@ public struct DiffCommand: ParsableCommand {
         distance; the report says where each came from. Goldens store sub-steps as probes in one
         GatedDeltaNet and one attention layer of a scenario of each kind (see 'inspect FILE --group /probes');
         implementation sides trace every layer and every scenario.
+        candidate:<name> is a user's implementation stored in the golden by make_golden.py --candidate; it takes the \
+        numerics of the reference it must equal on the scenario (mlx-lm on text schedules in the unified design, \
+        mlx-vlm on MRoPE and image prompts), so it is compared with that reference's sides bit for bit.
         Exit status: 0 when a and b agree (and no side departs in the vote), 1 when they differ, 2 when the
         diff cannot run (64 for a bad command line).
         """)
@@ -51,8 +54,8 @@ public struct DiffCommand: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        for side in [a, b, c].compactMap({ $0 }) where !DiffSides.names.contains(side) {
-            throw ValidationError("unknown side '\(side)'; known: \(DiffSides.names.joined(separator: ", "))")
+        for side in [a, b, c].compactMap({ $0 }) where !DiffSides.recognises(side) {
+            throw ValidationError("unknown side '\(side)'; known: \(DiffSides.names.joined(separator: ", ")), candidate:<name>")
         }
         if let fault { _ = try parse(fault: fault) }
         if let tolerance { _ = try parse(tolerance: tolerance) }

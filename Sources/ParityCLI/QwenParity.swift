@@ -15,7 +15,9 @@ public struct Check: ParsableCommand {
     public static let configuration = CommandConfiguration(
         abstract: "Run the invariants on golden files: golden parity layer by layer, then every schedule equivalence.",
         discussion: """
-            Invariants: \(InvariantRegistry.all.map(\.id).joined(separator: ", ")). Each row of the \
+            Invariants: \(InvariantRegistry.all.map(\.id).joined(separator: ", ")); on goldens holding a \
+            candidate path (make_golden.py --candidate): \(InvariantRegistry.candidate.map(\.id).joined(separator: ", ")). \
+            Each row of the \
             final table is one invariant on one golden, with its tolerance class (exact, ulp(k), \
             atol(x), or "= library": each pair's distance equals the reference library's own for \
             the same two schedules, stored in the golden by the generator), the measured value and \
@@ -76,7 +78,7 @@ public struct Check: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        let known = Set(InvariantRegistry.all.map(\.id))
+        let known = Set((InvariantRegistry.all + InvariantRegistry.candidate).map(\.id))
         for id in invariant where !known.contains(id) {
             throw ValidationError("unknown invariant '\(id)'; known: \(known.sorted().joined(separator: ", "))")
         }

@@ -542,15 +542,18 @@ public enum Diff {
             }
         }
         var result = Vote(sides: sides.map(\.id), pairs: pairs, departing: nil, agreeing: [], at: nil, subStep: nil, verdict: "")
-        // The earliest item where any pair parts.
-        let firstIndex = pairRows.values.compactMap { $0.firstIndex { $0.status == .differs } }.min()
-        guard let e = firstIndex else {
+        // The earliest item where any pair parts. Pairs can list different rows (a cache only one
+        // side stores), so items are matched by value, ordered as the longest pair lists them.
+        let canonical = pairRows.values.max { $0.count < $1.count }!.map(\.item)
+        let firsts = pairRows.values.compactMap { $0.first { $0.status == .differs }?.item }
+        guard let item = firsts.min(by: { (canonical.firstIndex(of: $0) ?? .max) < (canonical.firstIndex(of: $1) ?? .max) }) else {
             result.agreeing = sides.map(\.id)
             result.verdict = "all \(n) sides agree on every layer, cache, logit and the final norm"
             return result
         }
-        let item = pairRows[[0, 1]]![e].item
-        func agree(_ i: Int, _ j: Int) -> Bool { pairRows[[min(i, j), max(i, j)]]![e].status != .differs }
+        func agree(_ i: Int, _ j: Int) -> Bool {
+            pairRows[[min(i, j), max(i, j)]]!.first { $0.item == item }.map { $0.status != .differs } ?? true
+        }
         result.at = item
         // A side departs when it disagrees with every other side while those all agree.
         let departing = (0..<n).filter { s in

@@ -250,8 +250,16 @@ public enum DiffSides {
 
     public static var names: [String] { registered.map(\.id) }
 
+    /// A registered side, or `candidate:<name>`: a candidate stored in the golden (CandidateSide).
+    public static func recognises(_ id: String) -> Bool {
+        names.contains(id) || (id.hasPrefix(GoldenCandidate.pathPrefix) && id.count > GoldenCandidate.pathPrefix.count)
+    }
+
     /// The side named `id` for `golden`; weights are read at most once per call of `loader`.
     public static func make(_ id: String, golden: GoldenFile, weights loader: () throws -> Weights) throws -> DiffSide {
+        if id.hasPrefix(GoldenCandidate.pathPrefix) {
+            return try CandidateSide(golden: golden, name: String(id.dropFirst(GoldenCandidate.pathPrefix.count)))
+        }
         guard let entry = registered.first(where: { $0.id == id }) else {
             throw DiffError.unknownSide(id, known: names)
         }

@@ -96,6 +96,18 @@ public struct GoldenInspection: Sendable {
             if let sha = string("generator_sha256", "/probes") { text += "  sha256 " + sha.prefix(12) + "…" }
             lines.append(("probes by", text))
         }
+        // Candidate paths: a user's implementation, never a reference (tools/golden_candidates.py).
+        for name in (try? file.children(of: "/candidates")) ?? [] {
+            let g = "/candidates/" + name
+            var text = "candidate:\(name) from \(string("adapter", g) ?? "?")"
+            if let sha = string("adapter_sha256", g) { text += "  sha256 " + sha.prefix(12) + "…" }
+            text += ", text route \(string("text_reference", g) ?? "?")"
+            if let about = json(string("describe_json", g)) as? [String: Any],
+               let commit = about["commit"] as? String ?? about["version"] as? String {
+                text += ", reports \(commit)"
+            }
+            lines.append(("candidate", text))
+        }
         if let versions = json(string("versions_json")) as? [String: Any] {
             let order = ["mlx", "mlx_lm", "mlx_vlm", "python", "numpy", "h5py"]
             let keys = order.filter { versions[$0] != nil } + versions.keys.filter { !order.contains($0) }.sorted()

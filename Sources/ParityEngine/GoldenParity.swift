@@ -126,7 +126,8 @@ public enum GoldenParity {
         var vlmRuns: [String: ScheduleResult] = [:]
         for scenario in try golden.scenarios() where only?.contains(scenario.name) ?? true {
             var results: [String: (ScheduleInput, ScheduleResult)] = [:]
-            for reference in scenario.paths {
+            // Candidate paths are a user's results, held to the references by the candidate invariants.
+            for reference in scenario.paths where !reference.hasPrefix(GoldenCandidate.pathPrefix) {
                 let (scenarioReport, run) = checkScenario(golden, scenario, reference: reference, vlm: vlm, weights: weights,
                                                           tower: tower)
                 report.scenarios.append(scenarioReport)

@@ -198,7 +198,7 @@ public enum InvariantRegistry {
 
     public static func run(_ golden: GoldenFile, only: Set<String>? = nil, scenarios: Set<String>? = nil,
                            modelDirectory: String? = nil, implementations: Implementations? = nil) -> [InvariantRow] {
-        let chosen = all.filter { (only?.contains($0.id) ?? true) && $0.appliesTo(golden) }
+        let chosen = (all + candidate).filter { (only?.contains($0.id) ?? true) && $0.appliesTo(golden) }
         let impls: Implementations
         do {
             impls = try implementations ?? .standard(golden, modelDirectory: modelDirectory)

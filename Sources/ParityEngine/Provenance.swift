@@ -54,7 +54,7 @@ public struct GoldenProvenance: Sendable, Equatable {
         let source = file.hasAttribute("weights_source", of: "/") ? try text("weights_source") : "random"
         let modelFiles = file.hasAttribute("model_files_json", of: "/") ? try json("model_files_json", [String: String].self) : [:]
         var components: [String: (generator: String, sha256: String)] = [:]
-        for group in ["/probes", "/vision", "/library_distances"] where file.hasAttribute("generator_sha256", of: group) {
+        for group in ["/probes", "/vision", "/library_distances", "/candidates"] where file.hasAttribute("generator_sha256", of: group) {
             components[group] = (try file.stringAttribute("generator", of: group),
                                  try file.stringAttribute("generator_sha256", of: group))
         }

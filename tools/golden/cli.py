@@ -141,6 +141,12 @@ def parse_args(argv):
     ap.add_argument("--variant", default=None,
                     help="variant name stored in the root attrs (default: the config file "
                          "name without .json, or the directory name)")
+    ap.add_argument("--candidate", type=Path, default=None, metavar="ADAPTER",
+                    help="also run this adapter file (a user's implementation; interface: "
+                         "tools/golden_candidates.py) through every scenario it can run and store "
+                         "it as the path candidate:<name>; --config goldens only, never into golden/")
+    ap.add_argument("--candidate-python", default=None, metavar="PYTHON",
+                    help="the interpreter that runs the adapter (its own virtualenv; default: this one)")
     ap.add_argument("--reason", default=None,
                     help="why this regeneration changes the golden; stored in history_json "
                          "(asked for on a terminal when omitted and something changed)")
@@ -150,6 +156,8 @@ def parse_args(argv):
         args.prompt_length = 24 if model_dir else 32
     if args.make_checkpoint and args.config is None:
         ap.error("--make-checkpoint needs --config")
+    if model_dir and args.candidate is not None:
+        ap.error("--candidate applies to --config goldens (random weights)")
     if model_dir and args.vlm_extras is not None:
         ap.error("--vlm-extras applies to random-weight goldens; model directories have "
                  "mlx-lm paths only")

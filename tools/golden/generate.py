@@ -10,13 +10,15 @@ from pathlib import Path
 
 import mlx.core as mx
 
+import golden_candidates  # tools/golden_candidates.py: a user's implementation as one more path
+
 from . import probes, vision
 from .checkpoints import CHECKPOINT_GOLDEN, golden_from_model, make_checkpoint
 from .configs import effective_config, read_config
 from .errors import GoldenError, UsageError, log
 from .inputs import check_token_ids, make_inputs
 from .lm_paths import build_model, load_random_weights, run_all, run_scenario
-from .provenance import root_attrs
+from .provenance import REPO_ROOT, root_attrs
 from .review import review
 from .scenarios import DEFAULT_SCENARIOS, LM_PATH, MIN_PROMPT_LENGTH, scenario_list
 from .vlm_paths import add_vlm_paths, vlm_groups
@@ -51,6 +53,13 @@ def golden_from_config(args, tmp: Path) -> None:
     if groups is not None:
         meta |= add_vlm_paths(spec, weights, inputs, groups, args.seed, results, store, variant)
     meta["probes"] = probe_data + meta.pop("vlm_probes", [])
+    if args.candidate is not None:
+        try:
+            meta["candidate"] = golden_candidates.run(
+                args, args.candidate_info, spec.lm_config(), json.loads(meta["vlm_json"]) if "vlm_json" in meta else None,
+                effective, weights, store, results, log)
+        except golden_candidates.CandidateError as exc:
+            raise GoldenError(str(exc)) from exc
     meta["root"] = root_attrs(args, variant, "float32", [sc.definition() for sc, _ in results]) \
         | {"weights_source": "random"}
     check_token_ids(store, meta.get("rope_cases", []), effective["vocab_size"])
@@ -69,6 +78,15 @@ def generate(args) -> None:
         # /inputs/batch always holds rows of length L, L-9, L-17, each at least one token
         raise UsageError(f"--prompt-length must be >= {MIN_PROMPT_LENGTH}")
     mx.set_default_device(mx.cpu)  # goldens are CPU results; Metal differs at the ulp level
+    if args.candidate is not None:  # a broken adapter fails before any reference runs
+        try:
+            golden_candidates.check_output(args, REPO_ROOT)
+        except golden_candidates.CandidateError as exc:
+            raise UsageError(str(exc)) from exc
+        try:
+            args.candidate_info = golden_candidates.preflight(args, log)
+        except golden_candidates.CandidateError as exc:
+            raise GoldenError(str(exc)) from exc
     for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a run that was killed
         discard(stale)
 

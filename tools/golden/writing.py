@@ -13,6 +13,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+import golden_candidates  # tools/golden_candidates.py, outside the package: not a reference
+
 from . import distances, probes, vision
 from .errors import UsageError
 from .provenance import REPO_ROOT, versions
@@ -110,6 +112,7 @@ def write_golden(path: Path, meta: dict, weights: dict | None, store: dict, resu
         probes.write(f, meta.get("probes"), shared, put)
         distances.write(f, meta.get("library_distances"), f"mlx-vlm {versions()['mlx_vlm']}")
         vision.write(f, meta.get("vision"), shared, put)
+        golden_candidates.write(f, meta.get("candidate"), shared, put)
 
 
 # ---------------------------------------------------------------------------------------------
