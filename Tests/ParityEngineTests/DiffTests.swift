@@ -244,6 +244,15 @@ struct FaultCase: CustomTestStringConvertible, Sendable {
         #expect(report.first?.subStep == "o_proj")   // the golden stores batch probes in layer 3
     }
 
+    /// diff replays every path a golden holds: the hazards' correct twins (stored light, logits
+    /// only) against the vlm mirror making the same correct calls, bit for bit.
+    @Test(arguments: ["hazard_stale_positions", "hazard_chunked_image_prefill", "hazard_batch_without_mask"])
+    func hazardTwinsReplayBitForBit(scenario: String) throws {
+        let f = try DiffFixture("tiny-dense.h5")
+        let report = try Diff.run(f.golden, scenario: scenario, sides: [try f.side("golden-vlm-correct"), try f.side("vlm-correct")])
+        #expect(report.agrees && report.rows.contains { $0.item == .logits && $0.status == .identical })
+    }
+
     /// The 2-of-3 vote across libraries: the vlm mirror agrees with mlx-vlm's golden bit for bit.
     @Test func vlmMirrorAgreesWithItsGolden() throws {
         let f = try DiffFixture("tiny-dense.h5")
