@@ -25,6 +25,15 @@ public struct KeyIntervals: Sendable {
 
     public var tensor: Tensor { Tensor(shape: [batch, queries, 2], data: bounds.map(Float.init)) }
 
+    /// Query `i` of row `b`'s keys from an explicit `[B, L, T]` mask, which must be one interval.
+    public mutating func set(_ b: Int, _ i: Int, explicit mask: [Bool], keys T: Int) {
+        let base = (b * queries + i) * T
+        let row = Array(mask[base..<(base + T)])
+        let first = row.firstIndex(of: true) ?? 0, end = (row.lastIndex(of: true) ?? -1) + 1
+        precondition(row[first..<max(first, end)].allSatisfy { $0 }, "[attention mask] row \(b) query \(i) is not one interval")
+        self[b, i] = (first, end)
+    }
+
     init(_ t: Tensor) {
         batch = t.shape[0]; queries = t.shape[1]
         bounds = t.data.map { Int($0.rounded(.down)) }

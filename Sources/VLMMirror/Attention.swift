@@ -161,12 +161,7 @@ struct Attention {
                 case .none: v[b, i] = (0, T)
                 case .leftPaddedDecode(let pads): v[b, i] = (pads[b], T)
                 case .causal: v[b, i] = (0, min(T, i + (T - L) + 1))
-                case .explicit(let m):
-                    let base = (b * L + i) * T
-                    let row = Array(m[base..<(base + T)])
-                    let first = row.firstIndex(of: true) ?? 0, end = (row.lastIndex(of: true) ?? -1) + 1
-                    precondition(row[first..<max(first, end)].allSatisfy { $0 }, "[attention mask] row \(b) query \(i) is not one interval")
-                    v[b, i] = (first, end)
+                case .explicit(let m): v.set(b, i, explicit: m, keys: T)
                 }
             }
         }
