@@ -3,8 +3,8 @@ Unified" change, PR #298, and its later HEAD), imported from a local checkout. N
 mlx-engine is in this repository: point MLX_ENGINE_DIR at a checkout and run it in a virtualenv
 of its own that holds what the patch imports (mlx, mlx-lm, mlx-vlm at this repository's pins):
 
-    MLX_ENGINE_DIR=/tmp/mlx-engine make golden CONFIG=tools/configs/tiny-dense.json \\
-        CANDIDATE=tools/candidates/mlx_engine_qwen3_5.py CANDIDATE_PYTHON=/tmp/engine-venv/bin/python
+    MLX_ENGINE_DIR=<engine checkout> make golden CONFIG=tools/configs/tiny-dense.json \\
+        CANDIDATE=tools/candidates/mlx_engine_qwen3_5.py CANDIDATE_PYTHON=<engine venv>/bin/python
 
 The patch file (mlx_engine/model_kit/patches/qwen3_5.py) is loaded by its path, not through the
 mlx_engine package, whose __init__ imports the whole engine. Its apply_patches() runs in the
