@@ -226,23 +226,13 @@ public enum DiffSides {
             GoldenSide(id: "golden-vlm", title: "mlx-vlm golden", path: "mlx_vlm", numerics: "mlx-vlm")
         },
         Entry(id: "vlm", summary: "the Swift mirror of mlx-vlm's language model, VLMMirror") { golden, weights in
-            guard let vlm = try golden.vlmConfig() else {
-                throw GoldenError.invalid(file: golden.path, path: "/config vlm_json", reason: "this golden was written without mlx-vlm")
-            }
-            return ImplementationSide(id: "vlm", title: "vlm mirror", numerics: "mlx-vlm",
-                                      model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights()),
-                                      schedulePath: "mlx_vlm", tower: try golden.visionTower())
+            try vlmMirror(id: "vlm", title: "vlm mirror", replaying: "mlx_vlm", golden, weights)
         },
         Entry(id: "golden-vlm-correct", summary: "hazard scenarios: mlx-vlm's results for the same calls made the right way, path mlx_vlm_correct") { _, _ in
             GoldenSide(id: "golden-vlm-correct", title: "mlx-vlm golden (correct calls)", path: "mlx_vlm_correct", numerics: "mlx-vlm")
         },
         Entry(id: "vlm-correct", summary: "the vlm mirror replaying path mlx_vlm_correct's calls (hazard scenarios)") { golden, weights in
-            guard let vlm = try golden.vlmConfig() else {
-                throw GoldenError.invalid(file: golden.path, path: "/config vlm_json", reason: "this golden was written without mlx-vlm")
-            }
-            return ImplementationSide(id: "vlm-correct", title: "vlm mirror (correct calls)", numerics: "mlx-vlm",
-                                      model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights()),
-                                      schedulePath: "mlx_vlm_correct", tower: try golden.visionTower())
+            try vlmMirror(id: "vlm-correct", title: "vlm mirror (correct calls)", replaying: "mlx_vlm_correct", golden, weights)
         },
         Entry(id: "unified", summary: "the unified (patched) model: text through the lm route, MRoPE through the vlm route") { golden, weights in
             let vlm = try golden.vlmConfig()
@@ -251,6 +241,17 @@ public enum DiffSides {
                                                                   multimodal: vlm?.multimodal ?? .libraryDefault, weights: try weights()))
         },
     ]
+
+    /// The vlm mirror over the golden's weights, replaying the calls of reference path `path`.
+    static func vlmMirror(id: String, title: String, replaying path: String, _ golden: GoldenFile,
+                          _ weights: () throws -> Weights) throws -> DiffSide {
+        guard let vlm = try golden.vlmConfig() else {
+            throw GoldenError.invalid(file: golden.path, path: "/config vlm_json", reason: "this golden was written without mlx-vlm")
+        }
+        return ImplementationSide(id: id, title: title, numerics: "mlx-vlm",
+                                  model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights()),
+                                  schedulePath: path, tower: try golden.visionTower())
+    }
 
     public static var names: [String] { registered.map(\.id) }
 
