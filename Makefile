@@ -43,11 +43,13 @@ parity: build
 	$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/qwen-parity check $(GOLDEN)
 
 ## golden: regenerate golden/*.h5 and golden/checkpoints/* from the pinned reference packages
-## (or one golden: CONFIG=FILE [OUT=FILE] [SEED=N]); a change needs REASON="..." (kept in history_json).
+## (or one golden: CONFIG=FILE [OUT=FILE] [SEED=N] [ORACLE=off]); a change needs REASON="..." (kept in
+## history_json). Random-weight goldens hold the float64 oracle (torch, installed by venv-torch)
+## unless ORACLE=off.
 ## CANDIDATE=adapter.py [CANDIDATE_PYTHON=PY] adds a user's implementation as the path
 ## candidate:<name> (tools/golden_candidates.py); such goldens go to reports/candidates/, never golden/
 CANDIDATE_OUT = reports/candidates/$(basename $(notdir $(CONFIG)))-$(basename $(notdir $(CANDIDATE))).h5
-golden: venv
+golden: venv-torch
 ifdef CANDIDATE
 	@test -n "$(CONFIG)" || { echo "CANDIDATE needs CONFIG=tools/configs/NAME.json"; exit 2; }
 	@mkdir -p $(dir $(or $(OUT),$(CANDIDATE_OUT)))
@@ -55,7 +57,7 @@ ifdef CANDIDATE
 	  $(if $(CANDIDATE_PYTHON),--candidate-python $(CANDIDATE_PYTHON)) $(if $(SEED),--seed $(SEED)) $(REASON_ARG)
 else ifdef CONFIG
 	$(PYTHON) tools/make_golden.py --config $(CONFIG) --out $(or $(OUT),golden/$(basename $(notdir $(CONFIG))).h5) \
-	  $(if $(SEED),--seed $(SEED)) $(REASON_ARG)
+	  $(if $(SEED),--seed $(SEED)) $(if $(ORACLE),--oracle $(ORACLE)) $(REASON_ARG)
 else
 	@for c in $(CONFIGS); do \
 	  out=golden/$$(basename $$c .json).h5; echo "== $$c -> $$out"; \
@@ -70,7 +72,7 @@ else
 endif
 
 ## golden-check: regenerate every committed golden in a temp folder and compare bit for bit
-golden-check: venv
+golden-check: venv-torch
 	$(PYTHON) tools/golden_check.py --checkpoints "$(CHECKPOINTS)"
 
 ## test-tools: tests of the golden tools (review/history, freshness check, atomic writes, configs:

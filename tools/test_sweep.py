@@ -180,8 +180,8 @@ class Classify(unittest.TestCase):
 
     def test_all_ok(self):
         o = classify(GEN_OK, Step(0), OK_ROWS)
-        self.assertEqual((o.status, len(o.passed), len(o.failed), len(o.apart)), ("PASS", 3, 0, 2))
-        self.assertEqual(o.worst(), "all counted rows exact")
+        self.assertEqual((o.status, len(o.passed), len(o.failed), len(o.apart)), ("PASS", 5, 0, 0))
+        self.assertEqual(o.worst(), "unified-mrope-chunked-sweep max abs 6e-06")   # = library, not exact
 
     def test_a_fail_row_fails_the_config(self):
         rows = OK_ROWS + [row("lm-batch-vs-single", "FAIL", 2.5e-6, 40, "3 of 3 failing")]
@@ -196,10 +196,12 @@ class Classify(unittest.TestCase):
             o = classify(GEN_OK, Step(1), OK_ROWS + [row("golden-vlm", verdict, None)])
             self.assertEqual(o.status, "FAIL", verdict)
 
-    def test_uncounted_rows_do_not_fail_the_config(self):
+    def test_every_invariant_counts(self):
+        # NOT_COUNTED is empty since the MRoPE invariants equal the library's own distance.
+        self.assertEqual(sweep.NOT_COUNTED, ())
         rows = [row("golden-lm"), row("unified-mrope-chunked-sweep", "FAIL", 2e-4)]
         o = classify(GEN_OK, Step(1), rows)
-        self.assertEqual((o.status, len(o.apart)), ("PASS", 1))
+        self.assertEqual((o.status, len(o.apart)), ("FAIL", 0))
 
     def test_not_run_rows_are_counted_apart(self):
         rows = [row("golden-lm"), row("unified-image-vs-vlm", "NOT RUN", None, detail="nothing to compare")]
@@ -262,7 +264,7 @@ class RunConfig(unittest.TestCase):
         self.assertEqual(record["outcome"], "FAIL")
         self.assertEqual(record["failed_rows"][0]["invariant"], "golden-vlm")
         golden_cmd, check_cmd = record["reproduce"]
-        self.assertRegex(golden_cmd, r"^make golden CONFIG=\S+/sweep-s4-002\.json OUT=\S+/sweep-s4-002\.h5 SEED=\d+$")
+        self.assertRegex(golden_cmd, r"^make golden CONFIG=\S+/sweep-s4-002\.json OUT=\S+/sweep-s4-002\.h5 SEED=\d+ ORACLE=off$")
         self.assertNotIn("OUT=golden/", golden_cmd)
         self.assertTrue(check_cmd.startswith("make parity GOLDEN="))
 
@@ -278,7 +280,7 @@ class RunConfig(unittest.TestCase):
         _, _, finding = self.run_with(Step(3, stderr="library finding: x\n"), 0, None)
         text = "\n".join(sweep.summary(s, [passed, failed, finding], 12.0))
         self.assertIn("3 configs in 0:12: 1 passed, 1 failed, 1 library findings", text)
-        self.assertIn("unified-mrope-chunked-sweep: 2 rows (2 ok), max abs 6e-06", text)
+        self.assertIn("unified-mrope-chunked-sweep (exact): 2 of 2 configs, max abs 6e-06", text)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,16 @@ extension H5File {
         try readFloats(datasetPath, shape: expectingShape)
     }
 
+    /// Any integer or floating-point dataset, converted to float64 by HDF5 (the float64 oracle,
+    /// which a float32 read would round).
+    public func readDoubles(_ datasetPath: String) throws -> H5Array<Double> {
+        let datasetPath = Self.normalize(datasetPath)
+        return try withH5Lock {
+            try readDataset(datasetPath, memoryType: qp_H5T_NATIVE_DOUBLE(), expectedShape: nil,
+                            expected: "numbers (float64-convertible)", abortOnOverflow: false) { $0.isNumeric }
+        }
+    }
+
     /// Any integer dataset, converted to int32. Floating-point data is `wrongKind`
     /// (no silent truncation), and so is an integer that does not fit in int32.
     public func readInt32s(_ datasetPath: String) throws -> H5Array<Int32> {

@@ -44,6 +44,9 @@ public struct DiffCommand: ParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Debug: nudge one sub-step of side b in every call, e.g. 2:conv_out.", valueName: "layer:substep"))
     var fault: String?
+    @Option(name: .customLong("fault-on"), help: ArgumentHelp("The sides --fault nudges, a comma list of a, b, c (default b); "
+        + "'a,b' with --c golden-f64 shows the oracle naming a fault both mirrors share.", valueName: "sides"))
+    var faultOn: String = "b"
 
     @Option(name: .long, help: ArgumentHelp("Override the pair's tolerance: exact, ulp:N or atol:X.", valueName: "tolerance"))
     var tolerance: String?
@@ -58,6 +61,12 @@ public struct DiffCommand: ParsableCommand {
             throw ValidationError("unknown side '\(side)'; known: \(DiffSides.names.joined(separator: ", ")), candidate:<name>")
         }
         if let fault { _ = try parse(fault: fault) }
+        let faulted = faultOn.split(separator: ",").map(String.init)
+        if let bad = faulted.first(where: { !["a", "b", "c"].contains($0) }) {
+            throw ValidationError("--fault-on: unknown side '\(bad)'; expected a comma list of a, b, c")
+        }
+        if faulted.contains("c") && c == nil { throw ValidationError("--fault-on c needs --c") }
+        if faultOn != "b" && fault == nil { throw ValidationError("--fault-on needs --fault") }
         if let tolerance { _ = try parse(tolerance: tolerance) }
     }
 
@@ -93,9 +102,12 @@ public struct DiffCommand: ParsableCommand {
             if let fault {
                 let f = try parse(fault: fault)
                 try f.validate(for: golden.config)
-                guard let implementation = sides[1] as? ImplementationSide else { throw DiffError.cannotFault(b) }
-                sides[1] = implementation.faulted(f)
-                command += " --fault \(f)"
+                for letter in Set(faultOn.split(separator: ",").map(String.init)).sorted() {
+                    let index = ["a": 0, "b": 1, "c": 2][letter]!
+                    guard let implementation = sides[index] as? ImplementationSide else { throw DiffError.cannotFault(sides[index].id) }
+                    sides[index] = implementation.faulted(f)
+                }
+                command += " --fault \(f)" + (faultOn == "b" ? "" : " --fault-on \(faultOn)")
             }
             if let c { command += " --c \(c)" }
             if let layer { command += " --layer \(layer)" }

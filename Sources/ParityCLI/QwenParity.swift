@@ -137,6 +137,13 @@ public struct Check: ParsableCommand {
                     }
                 }
                 rows += InvariantRegistry.run(golden, only: invariants, scenarios: scenarios, modelDirectory: modelDirectory)
+                if let why = OracleReport.unavailable(golden) { print("note: \(path): no float64 oracle: \(why)\n") }
+                if invariants?.contains(OracleReport.invariantID) ?? true, golden.file.exists("/oracle") {
+                    // The oracle table (the invariant's row comes from the registry); a read error is its row's.
+                    if let oracle = try? OracleReport.measure(golden, scenarios: scenarios), !oracle.isEmpty {
+                        print(OracleReport.render(oracle, file: golden.name)); print("")
+                    }
+                }
             } catch {
                 rows.append(.unreadable(path, error))
             }

@@ -89,7 +89,7 @@ public struct TensorDiff: Sendable {
                 case .exact: fails = x.bitPattern != y.bitPattern
                 case .ulp(let k): fails = x.ulpDistance(to: y) > UInt32(k)
                 case .atol(let limit): fails = abs(y - x) > limit
-                case .library: fails = x.bitPattern != y.bitPattern
+                case .library, .ratio: fails = x.bitPattern != y.bitPattern
                 }
             }
             if fails, let timeAxis, a.rank > timeAxis {
@@ -489,6 +489,10 @@ public enum Diff {
                         stacked ? nil : valid)
             r.meaning = step.meaning
             if r.status == .missing { r.note = "not in " + (p == nil ? sides.0 : sides.1) }
+            if !bound.subStepsFromLayer, bound.unmeasured(.subStep(layer: layer, name: step.name)), p != nil, q != nil {
+                r.status = .missing
+                r.note = "no library distance for this sub-step in the golden: not judged"
+            }
             if r.status == .differs {
                 if step.timeAxis != nil {
                     r.eventToken = r.diff?.firstPosition
@@ -542,6 +546,10 @@ public enum Diff {
             }
         }
         var result = Vote(sides: sides.map(\.id), pairs: pairs, departing: nil, agreeing: [], at: nil, subStep: nil, verdict: "")
+        if let oracle = sides.firstIndex(where: { bounds.numerics($0) == OracleSide.numerics }) {
+            return try oracleVote(result, oracle: oracle, sides, captures, pairRows, config: config, valid: valid,
+                                  bounds: bounds, calls: calls)
+        }
         // The earliest item where any pair parts. Pairs can list different rows (a cache only one
         // side stores), so items are matched by value, ordered as the longest pair lists them.
         let canonical = pairRows.values.max { $0.count < $1.count }!.map(\.item)
@@ -592,6 +600,47 @@ public enum Diff {
         verdict += "; \(sides[d].title) departs at \(item.label)"
         if let s = result.subStep { verdict += ", \(s)" }
         result.verdict = verdict
+        return result
+    }
+
+    /// With the float64 oracle as a side, the oracle is the arbiter rather than one vote of three:
+    /// two MLX-side implementations that share a fault agree with each other and would outvote it.
+    /// Every side that departs from the oracle by more than its own library's distance from it is
+    /// named, with the layer and sub-step where it leaves.
+    static func oracleVote(_ base: Vote, oracle o: Int, _ sides: [DiffSide], _ captures: [DiffCapture],
+                           _ pairRows: [[Int]: [DiffRow]], config: TextConfig, valid: ((Int, Int) -> Bool)?,
+                           bounds: PairBounds, calls: [Int]) throws -> Vote {
+        var result = base
+        let others = sides.indices.filter { $0 != o }
+        func rows(_ s: Int) -> [DiffRow] { pairRows[[min(s, o), max(s, o)]]! }
+        let departures = try others.compactMap { s -> (side: Int, item: DiffItem, subStep: String?)? in
+            guard let item = rows(s).first(where: { $0.status == .differs })?.item else { return nil }
+            var subStep: String?
+            if let layer = item.layer, !(captures[o].subSteps[layer]?.isEmpty ?? true), !(captures[s].subSteps[layer]?.isEmpty ?? true) {
+                subStep = subStepTable(layer, captures[o], captures[s], sides: (sides[o].id, sides[s].id), config: config,
+                                       bound: try bounds(sides[o], sides[s]), valid: valid, calls: calls).firstDivergent
+            }
+            return (s, item, subStep)
+        }
+        let staying = others.filter { s in !departures.contains { $0.side == s } }
+        result.agreeing = ([o] + staying).map { sides[$0].id }
+        guard let first = departures.first else {
+            result.verdict = "every side is within its library's own distance from the float64 oracle on every layer, cache, logit and the final norm"
+            return result
+        }
+        result.departing = departures.map { sides[$0.side].id }.joined(separator: " and ")
+        result.at = first.item
+        result.subStep = first.subStep
+        let named = departures.map { d in
+            "\(sides[d.side].title) departs from the float64 oracle at \(d.item.label)" + (d.subStep.map { ", \($0)" } ?? "")
+        }
+        result.verdict = named.joined(separator: "; ")
+        if departures.count == 2, let i = others.first, let j = others.last,
+           !(pairRows[[min(i, j), max(i, j)]]!.contains { $0.status == .differs }) {
+            result.verdict += " — and they agree with each other: a fault they share, which a 2-of-3 vote without the oracle would miss"
+        } else if !staying.isEmpty {
+            result.verdict += "; " + staying.map { sides[$0].title }.joined(separator: ", ") + " stays within its library's distance"
+        }
         return result
     }
 }

@@ -234,6 +234,11 @@ public enum DiffSides {
         Entry(id: "vlm-correct", summary: "the vlm mirror replaying path mlx_vlm_correct's calls (hazard scenarios)") { golden, weights in
             try vlmMirror(id: "vlm-correct", title: "vlm mirror (correct calls)", replaying: "mlx_vlm_correct", golden, weights)
         },
+        Entry(id: OracleSide.id, summary: "the float64 oracle stored in the golden: transformers on torch CPU, path transformers_f64 "
+              + "(sub-steps where it stores probes); as the third side it is the arbiter: every side that departs from it "
+              + "beyond its library's own distance from it is named") { _, _ in
+            OracleSide.make()
+        },
         Entry(id: "unified", summary: "the unified (patched) model: text through the lm route, MRoPE through the vlm route") { golden, weights in
             let vlm = try golden.vlmConfig()
             return ImplementationSide(id: "unified", title: "unified model", numerics: "unified",

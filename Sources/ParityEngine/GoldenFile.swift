@@ -211,7 +211,13 @@ public final class GoldenFile {
         }
         let description = (try? file.stringAttribute("description", of: group)) ?? ""
         let cached = try file.intAttribute("cached", of: group) != 0
-        let paths = try file.children(of: group).filter { file.isGroup(group + "/" + $0) }
+        // Every member is a reference path's group; one that does not open as a group is damaged,
+        // not absent. The float64 oracle is no implementation's reference: OracleReport reads it.
+        let members = try file.children(of: group)
+        if let bad = members.first(where: { !file.isGroup(group + "/" + $0) }) {
+            throw GoldenError.invalid(file: path, path: group + "/" + bad, reason: "does not open as a reference path group")
+        }
+        let paths = members.filter { $0 != OracleReport.path }
         let hazard = file.hasAttribute("hazard", of: group) ? try file.stringAttribute("hazard", of: group) : nil
         let vision = file.hasAttribute("vision_inputs", of: group) ? try file.stringAttribute("vision_inputs", of: group) : nil
         if kind == .image && vision == nil {

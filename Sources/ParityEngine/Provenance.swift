@@ -54,7 +54,7 @@ public struct GoldenProvenance: Sendable, Equatable {
         let source = file.hasAttribute("weights_source", of: "/") ? try text("weights_source") : "random"
         let modelFiles = file.hasAttribute("model_files_json", of: "/") ? try json("model_files_json", [String: String].self) : [:]
         var components: [String: (generator: String, sha256: String)] = [:]
-        for group in ["/probes", "/vision", "/library_distances", "/candidates"] where file.hasAttribute("generator_sha256", of: group) {
+        for group in ["/probes", "/vision", "/library_distances", "/candidates", "/oracle"] where file.hasAttribute("generator_sha256", of: group) {
             components[group] = (try file.stringAttribute("generator", of: group),
                                  try file.stringAttribute("generator_sha256", of: group))
         }
@@ -117,6 +117,10 @@ public struct Freshness: Sendable, Equatable {
 
     /// Package names in requirements.txt → keys of versions_json.
     static let pinnedKeys = ["mlx": "mlx", "mlx-lm": "mlx_lm", "mlx-vlm": "mlx_vlm", "numpy": "numpy", "h5py": "h5py"]
+    /// The float64 oracle's pins (torch, transformers), in requirements-torch.txt beside
+    /// requirements.txt; checked for goldens that hold the oracle (an /oracle group).
+    static let oracleRequirements = "requirements-torch.txt"
+    static let oraclePinnedKeys = ["torch": "torch", "transformers": "transformers"]
 
     public static func check(_ provenance: GoldenProvenance, sources: FreshnessSources,
                              modelDirectory: String? = nil) -> Freshness {
@@ -160,6 +164,20 @@ public struct Freshness: Sendable, Equatable {
             }
         } else {
             f.unverified.append("versions not checked against the pins (no tools/requirements.txt found; pass --requirements)")
+        }
+        if provenance.components["/oracle"] != nil, let requirements = sources.requirements {
+            let oracle = URL(fileURLWithPath: requirements).deletingLastPathComponent().appendingPathComponent(oracleRequirements).path
+            if let text = try? String(contentsOfFile: oracle, encoding: .utf8) {
+                for (package, version) in pins(text).sorted(by: { $0.key < $1.key }) {
+                    guard let key = oraclePinnedKeys[package] else { continue }
+                    let recorded = provenance.versions[key] ?? "(not recorded)"
+                    if recorded != version {
+                        f.changes.append("\(package): golden made with \(recorded), \(oracleRequirements) pins \(version)")
+                    }
+                }
+            } else {
+                f.unverified.append("oracle versions not checked (no \(oracle))")
+            }
         }
         if let dir = modelDirectory {
             for (name, recorded) in provenance.modelFiles.sorted(by: { $0.key < $1.key }) {

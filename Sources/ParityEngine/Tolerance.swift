@@ -12,6 +12,9 @@ public enum Tolerance: Sendable, Equatable, CustomStringConvertible {
     /// schedules (stored in the golden): what a bit-exact port of a library that is not
     /// schedule-invariant must show. Judged in InvariantRegistry with the stored pair.
     case library
+    /// PyTorch's accuracy-checker form against a float64 oracle: a path's error within k × the
+    /// better path's. Each measurement carries its own atol (k × the better error).
+    case ratio(Double)
 
     public var description: String {
         switch self {
@@ -19,8 +22,11 @@ public enum Tolerance: Sendable, Equatable, CustomStringConvertible {
         case .ulp(let k): return "ulp(\(k))"
         case .atol(let x): return "atol(\(TextReport.format(x)))"
         case .library: return "= library"
+        case .ratio(let k): return String(format: "<= %gx better", k)
         }
     }
+
+    var isRatio: Bool { if case .ratio = self { return true } else { return false } }
 
     public func accepts(_ d: Difference) -> Bool {
         guard d.nonFinite == 0 else { return false }
@@ -29,6 +35,7 @@ public enum Tolerance: Sendable, Equatable, CustomStringConvertible {
         case .ulp(let k): return d.maxULP <= UInt32(k)
         case .atol(let x): return d.maxAbs <= x
         case .library: return false   // needs the library's pair: see Measurement.library
+        case .ratio: return false     // needs the better path's error: see Measurement.tolerance
         }
     }
 }

@@ -265,7 +265,7 @@ struct FaultCase: CustomTestStringConvertible, Sendable {
 
     @Test func unknownSideAndBadFaultAreNamed() throws {
         let f = try DiffFixture("tiny-dense.h5")
-        #expect(throws: DiffError.unknownSide("mlx", known: ["golden-lm", "lm", "golden-vlm", "vlm", "golden-vlm-correct", "vlm-correct", "unified"])) {
+        #expect(throws: DiffError.unknownSide("mlx", known: ["golden-lm", "lm", "golden-vlm", "vlm", "golden-vlm-correct", "vlm-correct", "golden-f64", "unified"])) {
             try DiffSides.make("mlx", golden: f.golden, weights: { f.weights })
         }
         #expect(throws: DiffError.self) { try SubStepFault(parsing: "conv_out") }

@@ -20,7 +20,10 @@ import Testing
         #expect(text.contains("provenance") && text.contains("weights/") && text.contains("(listed with --full)"))
         #expect(!text.contains("\n  \"model_type\""))   // multi-line attribute values are folded
         let probes = inspection.render(group: "/probes")
-        #expect(probes.contains("layer_01_attn/") && !probes.contains("hidden_states"))
+        // Below the provenance (whose history names changed datasets): only the /probes subtree.
+        let listing = probes.components(separatedBy: "\ncontents").last ?? ""
+        #expect(listing.contains("layer_01_attn/") && !listing.contains("hidden_states"))
+        #expect(labels["oracle by"]?.hasPrefix("tools/golden/oracle/") == true)
         #expect(!text.contains("language_model.model.layers.0.linear_attn.conv1d.weight"))
         #expect(inspection.render(full: true).contains("language_model.model.layers.0.linear_attn.conv1d.weight"))
         #expect(try JSONSerialization.jsonObject(with: inspection.json()) is [String: Any])

@@ -106,6 +106,33 @@ func writeProvenance(_ file: H5File, version: Int = 1, generatorSHA: String, ver
         #expect(!alone.isStale && alone.unverified.count == 2)
     }
 
+    @Test func anOracleGoldenIsHeldToTheOraclePinsAndItsHelper() throws {
+        let repo = try TempDir()
+        try repo.write("tools/make_golden.py", "print('v2')\n")
+        try repo.write("tools/golden/oracle/capture.py", "print('oracle')\n")
+        try repo.write("tools/requirements.txt", requirementsText)
+        try repo.write("tools/requirements-torch.txt", "-r requirements.txt\ntorch==2.13.0+cpu\ntransformers==5.25.0\n")
+        let current = try Freshness.generatorSHA256(repo.path("tools/make_golden.py"))   // the package manifest
+        let helper = try SHA256.hex(fileAt: repo.path("tools/golden/oracle/capture.py"))
+        let golden = repo.path("golden/x.h5")
+        try FileManager.default.createDirectory(atPath: repo.path("golden"), withIntermediateDirectories: true)
+        func freshness(_ torch: String, helperSHA: String) throws -> Freshness {
+            let f = try H5File.create(golden)
+            defer { f.close() }
+            try writeProvenance(f, generatorSHA: current,
+                                versions: pinnedVersions.merging(["torch": torch, "transformers": "5.25.0"]) { $1 })
+            try f.createGroup("/oracle")
+            try f.setAttribute("generator", string: "tools/golden/oracle/capture.py", on: "/oracle")
+            try f.setAttribute("generator_sha256", string: helperSHA, on: "/oracle")
+            return Freshness.check(try GoldenProvenance.read(f, path: golden), sources: FreshnessSources.locate(for: golden))
+        }
+        let fresh = try freshness("2.13.0+cpu", helperSHA: helper)
+        #expect(!fresh.isStale && fresh.unverified.isEmpty, "\(fresh)")
+        #expect(try freshness("2.12.0+cpu", helperSHA: helper).changes
+                == ["torch: golden made with 2.12.0+cpu, requirements-torch.txt pins 2.13.0+cpu"])
+        #expect(try freshness("2.13.0+cpu", helperSHA: "x").changes.first?.contains("/oracle generator changed") == true)
+    }
+
     @Test func staleWhenTheModelFilesChanged() throws {
         let dir = try TempDir()
         try dir.write("model/config.json", "{}")

@@ -138,6 +138,10 @@ def parse_args(argv):
                          f"{', '.join(VLM_EXTRA_GROUPS)}; 'none'; 'off' skips mlx-vlm entirely; "
                          "'auto' (default) looks the variant up in VLM_EXTRAS_BY_VARIANT "
                          "(golden/ size budget), all groups otherwise")
+    ap.add_argument("--oracle", choices=("on", "off"), default="on",
+                    help="random-weight goldens: the float64 oracle path transformers_f64 "
+                         "(transformers on torch CPU; needs tools/requirements-torch.txt, make "
+                         "venv-torch). Default on; model directories never have it")
     ap.add_argument("--variant", default=None,
                     help="variant name stored in the root attrs (default: the config file "
                          "name without .json, or the directory name)")

@@ -12,7 +12,7 @@ import mlx.core as mx
 
 import golden_candidates  # tools/golden_candidates.py: a user's implementation as one more path
 
-from . import probes, vision
+from . import oracle, probes, vision
 from .checkpoints import CHECKPOINT_GOLDEN, golden_from_model, make_checkpoint
 from .configs import effective_config, read_config
 from .errors import GoldenError, UsageError, log
@@ -60,6 +60,8 @@ def golden_from_config(args, tmp: Path) -> None:
                 effective, weights, store, results, log)
         except golden_candidates.CandidateError as exc:
             raise GoldenError(str(exc)) from exc
+    if args.oracle == "on":
+        meta["oracle"] = oracle.capture(spec, meta, weights, store, results)
     meta["root"] = root_attrs(args, variant, "float32", [sc.definition() for sc, _ in results]) \
         | {"weights_source": "random"}
     check_token_ids(store, meta.get("rope_cases", []), effective["vocab_size"])

@@ -15,13 +15,20 @@ import numpy as np
 
 import golden_candidates  # tools/golden_candidates.py, outside the package: not a reference
 
-from . import distances, probes, vision
+from . import distances, oracle, probes, vision
 from .errors import UsageError
 from .provenance import REPO_ROOT, versions
 from .recording import PathRun
 
 
-def put(group, name: str, array: np.ndarray, dtype: str, shared: dict):
+# Shuffle + deflate, HDF5's own filters (h5py and h5dump read them): float64 oracle tensors
+# shrink by about a fifth, float32 ones barely, so only the oracle asks for it. A chunked
+# dataset carries a chunk index of about 3 KB (v108 files), more than deflate saves below 64 KiB.
+COMPRESSION = {"compression": "gzip", "compression_opts": 6, "shuffle": True}
+COMPRESS_FROM_BYTES = 64 * 1024
+
+
+def put(group, name: str, array: np.ndarray, dtype: str, shared: dict, compress: bool = False):
     """Write a dataset; a bitwise repeat of an earlier one (same dtype, shape and bytes) becomes
     an HDF5 hard link to it. mlx-lm is schedule-invariant on CPU, so most scenarios repeat the
     same hidden states and caches (and a q4 model's float32 twin repeats it whole); linking keeps
@@ -36,7 +43,9 @@ def put(group, name: str, array: np.ndarray, dtype: str, shared: dict):
     if key in shared:
         group[name] = group.file[shared[key]]
         return group[name]
-    dataset = group.create_dataset(name, data=data)
+    # One chunk per dataset: small chunks would spend on the index what deflate saves.
+    options = COMPRESSION | {"chunks": data.shape} if compress and data.nbytes >= COMPRESS_FROM_BYTES else {}
+    dataset = group.create_dataset(name, data=data, **options)
     shared[key] = dataset.name
     return dataset
 
@@ -113,6 +122,7 @@ def write_golden(path: Path, meta: dict, weights: dict | None, store: dict, resu
         distances.write(f, meta.get("library_distances"), f"mlx-vlm {versions()['mlx_vlm']}")
         vision.write(f, meta.get("vision"), shared, put)
         golden_candidates.write(f, meta.get("candidate"), shared, put)
+        oracle.write(f, meta.get("oracle"), shared, put)
 
 
 # ---------------------------------------------------------------------------------------------
