@@ -77,7 +77,7 @@ golden-check: venv-torch
 
 ## test-tools: tests of the golden tools (review/history, freshness check, atomic writes, configs:
 ## refused ones, the config forms, library findings)
-test-tools: venv
+test-tools: venv-torch
 	$(PYTHON) -m unittest discover -s tools -p "test_*.py" -v
 
 ## sweep: N random valid configs of the whole family (default N=6 SEED=1, what CI runs; N=50 is

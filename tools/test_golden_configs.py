@@ -319,5 +319,35 @@ class SpecialTokenIds(unittest.TestCase):
         self.assertEqual(spec.vlm_params()["text_config"], spec.config["text_config"])
 
 
+
+class Oracle(unittest.TestCase):
+    """The float64 oracle (needs torch: make venv-torch) on configs the committed goldens do not
+    have: the published nested form with its own vision tower, and an MoE it cannot compute."""
+
+    golden = ConfigForms.golden
+
+    def test_nested_form_gets_the_oracle_its_probes_and_the_image_prompts(self):
+        run = self.golden(nested(SMALL, "qwen3_5"), "--scenarios", "full_prefill", "--vlm-extras", "vision",
+                          "--oracle", "on")
+        with h5py.File(run.out, "r") as f:
+            self.assertEqual(f["oracle"].attrs["generator"], "tools/golden/oracle/capture.py")
+            self.assertNotIn("unavailable", f["oracle"].attrs)
+            self.assertIn("torch", json.loads(f.attrs["versions_json"]))
+            for scenario in ("full_prefill", "image_prompt_one", "image_prompt_two"):
+                path = f[f"scenarios/{scenario}/transformers_f64"]
+                self.assertEqual(path["hidden_states"].dtype, np.float64, scenario)
+                self.assertEqual(path["hidden_states"].shape, f[f"scenarios/{scenario}/mlx_vlm/hidden_states"].shape)
+            probed = f["probes/full_prefill/transformers_f64"]
+            self.assertEqual(sorted(probed), sorted(f["probes/full_prefill/mlx_lm"]))
+            self.assertIn("image_prompt_one", f["probes"])
+            self.assertIn("transformers_f64", f["probes/image_prompt_one"])
+
+    def test_an_moe_without_top_k_renormalisation_has_no_oracle_and_says_why(self):
+        run = self.golden(dict(SMALL_MOE, norm_topk_prob=False), *FAST, "--oracle", "on")
+        with h5py.File(run.out, "r") as f:
+            self.assertIn("norm_topk_prob is false", f["oracle"].attrs["unavailable"])
+            self.assertNotIn("transformers_f64", f["scenarios/full_prefill"])
+
+
 if __name__ == "__main__":
     unittest.main()

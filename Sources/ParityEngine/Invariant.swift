@@ -244,6 +244,14 @@ public enum InvariantRegistry {
         let ownBound = invariant.tolerance.isRatio ? 0
             : measurements.filter { $0.tolerance != nil && $0.tolerance != invariant.tolerance }.count
         if ownBound > 0 { result.detail = "\(ownBound) pair(s) under their own bound (bf16 run: 2e-5 + its float32 twin's gap)" }
+        if case .ratio(let k) = invariant.tolerance {
+            // The worst ratio, not the largest error, is what the class judges.
+            func ratio(_ m: Measurement) -> Float {
+                guard case .atol(let bound)? = m.tolerance, bound > 0 else { return .infinity }
+                return m.difference.maxAbs / (bound / Float(k))
+            }
+            if let worstRatio = measurements.max(by: { ratio($0) < ratio($1) }) { result.detail = "worst: \(worstRatio.label)" }
+        }
         if !failing.isEmpty {
             result.verdict = .fail
             result.detail = "\(failing.count) of \(measurements.count) failing, first: \(failing[0].label)"
