@@ -141,7 +141,13 @@ public struct Check: ParsableCommand {
                 if invariants?.contains(OracleReport.invariantID) ?? true, golden.file.exists("/oracle") {
                     // The oracle table (the invariant's row comes from the registry); a read error is its row's.
                     if let oracle = try? OracleReport.measure(golden, scenarios: scenarios), !oracle.isEmpty {
-                        print(OracleReport.render(oracle, file: golden.name)); print("")
+                        print(OracleReport.render(oracle, file: golden.name))
+                        let differences = OracleReport.defaultDifferences(golden)
+                        if !differences.isEmpty {
+                            print("  where transformers differs from the libraries (/oracle defaults_json):")
+                            for line in differences { print("  - " + line) }
+                        }
+                        print("")
                     }
                 }
             } catch {

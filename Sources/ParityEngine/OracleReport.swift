@@ -211,6 +211,18 @@ public enum OracleReport {
 
     // MARK: - Rendering
 
+    /// Where transformers' own defaults or methods differ from the libraries' (/oracle
+    /// defaults_json), one line each: what, transformers', the libraries', what the oracle used.
+    public static func defaultDifferences(_ golden: GoldenFile) -> [String] {
+        guard golden.file.hasAttribute("defaults_json", of: "/oracle"),
+              let text = try? golden.file.stringAttribute("defaults_json", of: "/oracle"),
+              let entries = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]] else { return [] }
+        return entries.map { e in
+            func field(_ key: String) -> String { e[key].map { "\($0)" } ?? "?" }
+            return "\(field("what")): transformers \(field("transformers")); the libraries \(field("libraries")); the oracle: \(field("oracle"))"
+        }
+    }
+
     static func format(_ x: Double) -> String {
         if x == 0 { return "0" }
         if !x.isFinite { return "\(x)" }
