@@ -8,8 +8,17 @@ import GoldenIO
 
 public enum OracleReport {
     public static let path = "transformers_f64"
-    /// The MLX reference paths measured against the oracle.
-    public static let measuredPaths = ["mlx_lm", "mlx_vlm"]
+    /// The MLX reference paths measured against the oracle: a random-weight golden's two
+    /// libraries, a model directory's native run (mlx_lm, bf16 activations for a bf16 checkpoint)
+    /// and its dequantized float32 twin.
+    public static let measuredPaths = ["mlx_lm", "mlx_vlm", "mlx_lm_f32"]
+
+    /// The measured paths that run in float32, which the ratio compares (a bf16 run is measured
+    /// and shown, but held to no float32 path).
+    static func float32Paths(_ golden: GoldenFile) -> Set<String> {
+        let dtype = (try? golden.file.stringAttribute("dtype", of: "/")) ?? "float32"
+        return Set(measuredPaths.filter { $0 != "mlx_lm" || dtype == "float32" })
+    }
     public static let invariantID = "oracle-error-ratio"
     /// PyTorch's accuracy checker (torch._dynamo.utils.same with fp64_ref) accepts a result when
     /// RMSE(result, fp64) <= multiplier · RMSE(reference, fp64) (+ tol/10): multiplier 2 for
@@ -42,11 +51,14 @@ public enum OracleReport {
         public var paths: [PathError]
         /// transformers' own float32 run on the same calls.
         public var float32: PathError
+        /// The paths the ratio compares (float32 activations).
+        public var judged: Set<String> = []
 
-        /// The MLX path closer to float64 and by what factor (logits RMSE), when both are stored.
+        /// The float32 MLX path closer to float64 and by what factor (logits RMSE), when two are stored.
         public var closer: (path: String, factor: Double)? {
-            guard paths.count == 2 else { return nil }
-            let (a, b) = (paths[0], paths[1])
+            let compared = paths.filter { judged.contains($0.path) }
+            guard compared.count == 2 else { return nil }
+            let (a, b) = (compared[0], compared[1])
             let (better, worse) = a.logitsRMSE <= b.logitsRMSE ? (a, b) : (b, a)
             let factor = better.logitsRMSE > 0 ? worse.logitsRMSE / better.logitsRMSE : (worse.logitsRMSE > 0 ? .infinity : 1)
             return (better.path, factor)
@@ -177,7 +189,8 @@ public enum OracleReport {
                 pair.0 > layerMultiplier * pair.1
             }?.offset
         }
-        return ScenarioErrors(file: golden.name, scenario: scenario.name, positions: compared, paths: paths, float32: float32)
+        return ScenarioErrors(file: golden.name, scenario: scenario.name, positions: compared, paths: paths, float32: float32,
+                              judged: float32Paths(golden))
     }
 
     // MARK: - The invariant
@@ -188,8 +201,17 @@ public enum OracleReport {
         id: invariantID,
         compares: "each MLX path's logits RMSE against transformers in float64 <= \(format(pathRatioBound))x the better "
             + "path's, per scenario (PyTorch accuracy-checker form; k from the committed goldens' worst, 2.01)",
-        tolerance: .ratio(pathRatioBound), appliesTo: { unavailable($0) == nil && $0.file.exists("/oracle") },
+        tolerance: .ratio(pathRatioBound),
+        appliesTo: { unavailable($0) == nil && $0.file.exists("/oracle") && comparesTwoPaths($0) },
         measure: measurements)
+
+    /// Whether the golden stores two float32 paths to hold to each other (a bf16 checkpoint's
+    /// golden has one: its float32 twin).
+    static func comparesTwoPaths(_ golden: GoldenFile) -> Bool {
+        guard let scenario = try? golden.scenarios().first(where: { $0.paths.contains(path) || golden.file.exists("/scenarios/\($0.name)/\(path)") })
+        else { return false }
+        return float32Paths(golden).filter { golden.file.exists("/scenarios/\(scenario.name)/\($0)/hidden_states") }.count >= 2
+    }
 
     /// Why the golden has no oracle although it asked for one (transformers cannot compute what the
     /// libraries do for its config, e.g. MoE without top-k renormalisation), or nil.
@@ -200,7 +222,7 @@ public enum OracleReport {
     static func measurements(_ c: InvariantContext) throws -> [Measurement] {
         try measure(c.golden, scenarios: c.scenarios).compactMap { r -> Measurement? in
             guard let closer = r.closer, let better = r.paths.first(where: { $0.path == closer.path }),
-                  let worse = r.paths.first(where: { $0.path != closer.path }) else { return nil }
+                  let worse = r.paths.first(where: { $0.path != closer.path && r.judged.contains($0.path) }) else { return nil }
             var d = Difference()
             d.maxAbs = Float(worse.logitsRMSE)
             d.compared = r.positions.count
@@ -238,28 +260,32 @@ public enum OracleReport {
     /// (0 = embeddings) beyond float32 rounding.
     public static func render(_ rows: [ScenarioErrors], file: String) -> String {
         guard !rows.isEmpty else { return "" }
-        var lines = ["\(file) · distance from the float64 oracle (\(path)); the lm and vlm mirrors equal mlx_lm and mlx_vlm bit for bit"]
+        var lines = ["\(file) · distance from the float64 oracle (\(path)); the mirrors equal these paths as golden-lm and golden-vlm hold them"]
+        let shown = measuredPaths.filter { p in rows.contains { $0.paths.contains { $0.path == p } } }
+        let names = shown.map(short)
+        let columns = (names + ["f32"]).joined(separator: " / ")
+        let valueWidth = max(9 * (shown.count + 1) + 4, "logits max abs: ".count + columns.count + 1)
         let width = max(24, rows.map(\.scenario.count).max() ?? 0)
         lines.append("  " + "scenario".padding(toLength: width, withPad: " ", startingAt: 0) + "pos".leftPadded(4)
-                     + "  logits max abs: lm / vlm / f32".padding(toLength: 33, withPad: " ", startingAt: 0)
-                     + "  logits RMSE: lm / vlm / f32".padding(toLength: 31, withPad: " ", startingAt: 0)
-                     + "  closer      " + "  beyond f32 from h[i]: lm / vlm")
+                     + ("  logits max abs: " + columns).padding(toLength: valueWidth + 2, withPad: " ", startingAt: 0)
+                     + ("  logits RMSE: " + columns).padding(toLength: valueWidth + 2, withPad: " ", startingAt: 0)
+                     + "  closer      " + "  beyond f32 from h[i]: " + names.joined(separator: " / "))
         for r in rows {
             func value(_ p: String, _ f: (PathError) -> Double) -> String {
                 (r.paths.first { $0.path == p }.map { format(f($0)) } ?? "-").leftPadded(9)
             }
-            let maxes = value("mlx_lm", \.logitsMaxAbs) + value("mlx_vlm", \.logitsMaxAbs) + format(r.float32.logitsMaxAbs).leftPadded(9)
-            let rmses = value("mlx_lm", \.logitsRMSE) + value("mlx_vlm", \.logitsRMSE) + format(r.float32.logitsRMSE).leftPadded(9)
+            let maxes = shown.map { value($0, \.logitsMaxAbs) }.joined() + format(r.float32.logitsMaxAbs).leftPadded(9)
+            let rmses = shown.map { value($0, \.logitsRMSE) }.joined() + format(r.float32.logitsRMSE).leftPadded(9)
             var closer = "-"
             if let c = r.closer {
                 closer = "\(short(c.path)) \(format(c.factor))x" + (r.ratioHolds == false ? " FAIL" : "")
             }
-            let beyond = ["mlx_lm", "mlx_vlm"].map { p in
+            let beyond = shown.map { p in
                 r.paths.first { $0.path == p }.map { $0.firstBeyondFloat32.map { "h\($0)" } ?? "none" } ?? "-"
             }.joined(separator: " / ")
             lines.append("  " + r.scenario.padding(toLength: width, withPad: " ", startingAt: 0) + "\(r.positions.count)".leftPadded(4)
-                         + "  " + maxes.padding(toLength: 31, withPad: " ", startingAt: 0)
-                         + "  " + rmses.padding(toLength: 29, withPad: " ", startingAt: 0)
+                         + "  " + maxes.padding(toLength: valueWidth, withPad: " ", startingAt: 0)
+                         + "  " + rmses.padding(toLength: valueWidth, withPad: " ", startingAt: 0)
                          + "  " + closer.padding(toLength: 12, withPad: " ", startingAt: 0) + "  " + beyond)
         }
         lines.append("  closer: smaller logits RMSE, factor = worse / better (\(invariantID): at most \(format(pathRatioBound))); "

@@ -34,6 +34,24 @@ import Testing
         #expect(OracleReport.render(rows, file: golden.name).contains("closer"))
     }
 
+    @Test func checkpointGoldensHoldTheOracleOnTheirFloat32Twin() throws {
+        let q4 = try GoldenFile(path: goldenDirectory.appendingPathComponent("checkpoints/tiny-checkpoint-q4/parity.h5").path)
+        let q4Rows = try OracleReport.measure(q4)
+        #expect(!q4Rows.isEmpty)
+        // q4 runs with float32 activations and equals its dequantized twin: a tie.
+        for r in q4Rows { #expect(r.closer?.factor == 1, "\(r.scenario)") }
+        #expect(try #require(InvariantRegistry.run(q4, only: [OracleReport.invariantID]).first).verdict == .pass)
+
+        let bf16 = try GoldenFile(path: goldenDirectory.appendingPathComponent("checkpoints/tiny-checkpoint-bf16/parity.h5").path)
+        let rows = try OracleReport.measure(bf16)
+        for r in rows {
+            let native = try #require(r.paths.first { $0.path == "mlx_lm" }), twin = try #require(r.paths.first { $0.path == "mlx_lm_f32" })
+            #expect(native.logitsMaxAbs > 1e-3 && twin.logitsMaxAbs < 3e-5, "\(r.scenario): bf16 is measured, far; the twin is near")
+            #expect(r.closer == nil, "one float32 path: no ratio")
+        }
+        #expect(InvariantRegistry.run(bf16, only: [OracleReport.invariantID]).isEmpty, "not applicable, not NOT RUN")
+    }
+
     @Test func anMLXPathWorseThanKTimesTheOtherFails() throws {
         // mlx_vlm's full_prefill logits moved to oracle + 5 × (mlx_lm − oracle): 5 times mlx-lm's error.
         let base = "/scenarios/full_prefill"

@@ -12,6 +12,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map_with_path
 from mlx_lm.utils import dequantize_model, load_model, quantize_model, save_config, save_model
 
+from . import oracle
 from .configs import SUPPORTED_MODEL_TYPES, effective_config, read_config
 from .errors import GoldenError, LibraryFinding, UsageError, library, log
 from .inputs import check_token_ids, make_inputs
@@ -111,5 +112,9 @@ def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: s
              "quantization_json": json.dumps(config.get("quantization"))}
     meta = {"root": root, "raw_json": raw_json, "effective_json": json.dumps(effective)}
     check_token_ids(inputs.datasets(), [], effective["vocab_size"])
-    write_golden(out_h5, meta, None, inputs.datasets(),
-                 [(sc, {LM_PATH: a, F32_PATH: b}) for sc, a, b in zip(scenarios, native, widened)])
+    results = [(sc, {LM_PATH: a, F32_PATH: b}) for sc, a, b in zip(scenarios, native, widened)]
+    if args.oracle == "on":   # on the dequantized float32 weights the float32 twin ran
+        weights = {name: np.array(value) for name, value in tree_flatten(model.parameters())}
+        meta["oracle"] = oracle.capture(read_config(model_dir / "config.json"), meta, weights, inputs.datasets(),
+                                        results, reference_paths=oracle.MODEL_DIR_PATHS)
+    write_golden(out_h5, meta, None, inputs.datasets(), results)

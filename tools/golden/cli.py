@@ -138,10 +138,11 @@ def parse_args(argv):
                          f"{', '.join(VLM_EXTRA_GROUPS)}; 'none'; 'off' skips mlx-vlm entirely; "
                          "'auto' (default) looks the variant up in VLM_EXTRAS_BY_VARIANT "
                          "(golden/ size budget), all groups otherwise")
-    ap.add_argument("--oracle", choices=("on", "off"), default="on",
-                    help="random-weight goldens: the float64 oracle path transformers_f64 "
-                         "(transformers on torch CPU; needs tools/requirements-torch.txt, make "
-                         "venv-torch). Default on; model directories never have it")
+    ap.add_argument("--oracle", choices=("on", "off"), default=None,
+                    help="the float64 oracle path transformers_f64 (transformers on torch CPU; "
+                         "needs tools/requirements-torch.txt, make venv-torch). Default on for "
+                         "--config and --make-checkpoint; off for --from-model (float64 holds 8 "
+                         "bytes per parameter: a user's model at scale does not fit)")
     ap.add_argument("--variant", default=None,
                     help="variant name stored in the root attrs (default: the config file "
                          "name without .json, or the directory name)")
@@ -156,6 +157,8 @@ def parse_args(argv):
                          "(asked for on a terminal when omitted and something changed)")
     args = ap.parse_args(argv)
     model_dir = bool(args.make_checkpoint or args.from_model)
+    if args.oracle is None:
+        args.oracle = "off" if args.from_model else "on"
     if args.prompt_length is None:
         args.prompt_length = 24 if model_dir else 32
     if args.make_checkpoint and args.config is None:

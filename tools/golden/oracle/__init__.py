@@ -25,7 +25,7 @@ kernels, so that a regeneration gives the same bits on another x86 machine (make
   capture    the runs, their checks against the MLX paths, /oracle
 """
 
-from .capture import PATH, Capture, capture, write
+from .capture import MODEL_DIR_PATHS, PATH, Capture, capture, write
 from .errors import OracleError
 
-__all__ = ["PATH", "Capture", "OracleError", "capture", "write"]
+__all__ = ["MODEL_DIR_PATHS", "PATH", "Capture", "OracleError", "capture", "write"]

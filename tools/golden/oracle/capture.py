@@ -85,9 +85,18 @@ class Capture:
     probes: list = field(default_factory=list)      # {"scenario", "layers"} as the MLX probes
 
 
-def capture(spec, meta: dict, weights: dict, store: dict, results: list) -> Capture:
+# The float32 reference paths the oracle is checked against and measured from: a random-weight
+# golden's mlx_lm and mlx_vlm, or a model directory's dequantized float32 twin (whose bf16 run is
+# measured too, but is no float32 path to hold the oracle to).
+RANDOM_WEIGHT_PATHS = (LM_PATH, VLM_PATH)
+MODEL_DIR_PATHS = ("mlx_lm_f32",)
+
+
+def capture(spec, meta: dict, weights: dict, store: dict, results: list,
+            reference_paths: tuple = RANDOM_WEIGHT_PATHS) -> Capture:
     """Every scenario of results through transformers in float64. spec: the checked config
-    (configs.ModelSpec, flat or nested); meta: the generator's meta (effective_json, vlm_effective_json, vision); weights: /weights;
+    (configs.ModelSpec, flat or nested); reference_paths: the float32 paths it must agree with;
+    meta: the generator's meta (effective_json, vlm_effective_json, vision); weights: /weights;
     store: the /inputs datasets; results: [(scenario, {path: PathRun})]."""
     torch = import_torch()
     effective = json.loads(meta["effective_json"])
@@ -171,7 +180,7 @@ def capture(spec, meta: dict, weights: dict, store: dict, results: list) -> Capt
             raise OracleError(f"{sc.name}: the float32 run used other positions")
         run = OracleRun(hidden, norm, logits, used, snapshot, positions, described, sc.kind,
                         float32_error(hidden, norm, logits[:, positions], hidden32, norm32, logits32[:, positions]))
-        check_against_paths(sc, run, paths, store)
+        check_against_paths(sc, run, paths, store, reference_paths)
         runs[sc.name] = run
         summary.append(distances(sc, run, paths, store))
         log(f"  {PATH:<16} {sc.name:<30} " + "  ".join(
@@ -193,11 +202,11 @@ def valid_rows(sc, store: dict, T: int) -> np.ndarray | None:
     return np.arange(T)[None, :] >= pad[:, None]
 
 
-def check_against_paths(sc, run: OracleRun, paths: dict, store: dict) -> None:
+def check_against_paths(sc, run: OracleRun, paths: dict, store: dict, reference_paths: tuple) -> None:
     """A gross disagreement with the libraries means a wrong mapping or config, not precision."""
     valid = valid_rows(sc, store, run.logits.shape[1])
     for name, path in paths.items():
-        if name not in (LM_PATH, VLM_PATH):
+        if name not in reference_paths:
             continue
         pos = path.logits_positions
         ours = run.logits[:, pos, :]
@@ -219,7 +228,7 @@ def distances(sc, run: OracleRun, paths: dict, store: dict) -> dict:
     valid = valid_rows(sc, store, T)
     out = {"scenario": sc.name, "paths": {}}
     for name, path in paths.items():
-        if name not in (LM_PATH, VLM_PATH) or path.result.hidden_states is None:
+        if name.startswith("candidate:") or name == "mlx_vlm_correct" or path.result.hidden_states is None:
             continue
         pos = path.logits_positions
         d = {"logits": logits_gap(run.logits[:, pos, :], path.result.logits[:, pos, :],
