@@ -7,7 +7,7 @@ mlx-vlm's LanguageModel rounds differently when a GatedDeltaNet call has more th
 decode and whole-prompt runs of one MRoPE prompt differ by an amount that depends on the config.
 The unified model's MRoPE route does mlx-vlm's arithmetic, so for every pair below its distance
 must equal the library's exactly. The pairs and their labels are those of the Swift invariants
-(Sources/ParityEngine/UnifiedInvariants.swift); both sides build them the same way.
+(Sources/ParityEngine/Invariants/UnifiedInvariants.swift); both sides build them the same way.
 Hooked into vlm_paths.add_vlm_paths, written by writing.write_golden.
 
 Nothing here re-implements the model: every number is a distance between two runs of the
