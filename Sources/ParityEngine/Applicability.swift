@@ -40,9 +40,12 @@ extension InvariantRegistry {
                 + "image prompt or MRoPE position to check"
             for id in needsVLM { out[id] = .notApplicable(reason) }
         } else if !golden.file.hasAttribute("vlm_json", of: "/config") {
-            let reason = "the checkpoint has a vision_config but its golden holds no mlx-vlm path "
-                + "(make_golden.py --from-model writes mlx-lm paths only): a coverage gap, not a pass"
+            let reason = "the checkpoint has a vision_config but its golden holds no mlx-vlm path (make_golden.py "
+                + "--from-model writes them for float32, unquantized directories only): a coverage gap, not a pass"
             for id in needsVLM { out[id] = .coverageGap(reason) }
+        } else if !golden.file.exists("/vision") {
+            out["vision-image-alone-vs-batched"] = .coverageGap("the golden holds no image prompt through the checkpoint's "
+                + "own vision tower (make_golden.py --from-model does not write them yet): a coverage gap, not a pass")
         }
         return out
     }

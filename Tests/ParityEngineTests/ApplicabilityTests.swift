@@ -55,6 +55,19 @@ import Testing
         #expect(TextReport.summary(rows).hasPrefix("0 passed, 2 failed"))
     }
 
+    @Test func multimodalCheckpointWithVLMPathsButNoImagePromptsLacksOnlyTheTowerInvariant() throws {
+        let (dir, _) = try Self.editedCheckpoint { $0["vision_config"] = ["depth": 2, "spatial_merge_size": 2] }
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("parity.h5").path
+        let file = try H5File.open(path, mode: .readWrite)
+        try file.setAttribute("vlm_json", string: "{}", on: "/config")   // only its presence is read here
+        file.close()
+        let absences = InvariantRegistry.absences(try GoldenFile(path: path))
+        #expect(Array(absences.keys) == ["vision-image-alone-vs-batched"])
+        guard case .coverageGap(let reason)? = absences["vision-image-alone-vs-batched"] else { Issue.record("\(absences)"); return }
+        #expect(reason.contains("vision tower"))
+    }
+
     @Test func configMLXVLMRefusesExcusesTheUnifiedModelWithTheReason() throws {
         // transformers' form without an mrope_section (same theta and factor as the library
         // default the checkpoint runs with): mlx-lm runs it, mlx-vlm raises.
