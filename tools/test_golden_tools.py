@@ -108,7 +108,7 @@ class ReferencePaths(unittest.TestCase):
             run = generate("--config", str(CONFIG), "--make-checkpoint", "q4", "--out",
                            str(Path(tmp) / "ck"), "--vlm-extras", "none", check=False)
             self.assertEqual(run.returncode, 2)
-            self.assertIn("model directories have mlx-lm paths only", run.stderr)
+            self.assertIn("--vlm-extras applies to random-weight goldens", run.stderr)
 
 
 class FreshnessCheck(unittest.TestCase):

@@ -17,6 +17,13 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     case unsupportedModelType(source: String, modelType: String)
     case duplicateTensor(name: String, first: String, second: String)
     case strayPackedWeight(source: String, name: String)
+    case missingShard(directory: String, file: String, shard: Int, of: Int)
+    case inconsistentShards(directory: String, totals: [String])
+    case badIndex(index: String, reason: String)
+    case indexNamesMissingFile(index: String, tensor: String, file: String)
+    case indexTensorNotInFile(index: String, tensor: String, file: String, foundIn: String?)
+    case tensorDisagreesWithConfig(file: String, tensor: String, reason: String)
+    case visionWeightsWithoutVisionConfig(file: String, tensor: String, config: String)
 
     public var description: String {
         switch self {
@@ -28,6 +35,19 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
         case let .duplicateTensor(name, first, second): return "tensor '\(name)' appears in both \(first) and \(second)"
         case let .strayPackedWeight(source, name):
             return "\(source): '\(name)' is U32 but has no '.scales' beside it (not an affine-quantized module)"
+        case let .missingShard(directory, file, shard, total):
+            return "\(directory)/\(file): missing (shard \(shard) of \(total); the other shards are there)"
+        case let .inconsistentShards(directory, totals):
+            return "\(directory): shard files disagree on their count (-of-\(totals.joined(separator: ", -of-")))"
+        case let .badIndex(index, reason): return "\(index): \(reason)"
+        case let .indexNamesMissingFile(index, tensor, file):
+            return "\(index): weight_map['\(tensor)'] names \(file), which is not in the directory"
+        case let .indexTensorNotInFile(index, tensor, file, foundIn):
+            return "\(index): weight_map['\(tensor)'] names \(file), but "
+                + (foundIn.map { "the tensor is in \($0)" } ?? "no weight file holds that tensor")
+        case let .tensorDisagreesWithConfig(file, tensor, reason): return "\(file): tensor '\(tensor)': \(reason)"
+        case let .visionWeightsWithoutVisionConfig(file, tensor, config):
+            return "\(file): tensor '\(tensor)' is a vision-tower weight, but \(config) has no vision_config to build the tower from"
         }
     }
 }
@@ -79,10 +99,11 @@ public struct ModelDirectory: Sendable {
         config = try TextConfig.mlxLM(json: configData, source: source)
         quantization = try QuantizationConfig.from(configJSON: configData, source: source)
 
-        // mlx_lm.utils.load_model globs model*.safetensors.
+        // mlx_lm.utils.load_model globs model*.safetensors; shard names and the index are checked first.
         let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
-        let weightFiles = names.filter { $0.hasPrefix("model") && $0.hasSuffix(".safetensors") }.sorted()
+        let weightFiles = try ShardLayout.weightFiles(directory: path, names: names)
         guard !weightFiles.isEmpty else { throw CheckpointError.noWeightFiles(path) }
+        let index = try ShardLayout.index(directory: directory, files: weightFiles)
         let files = try weightFiles.map { try SafetensorsFile.open(directory.appendingPathComponent($0).path) }
         var owner: [String: SafetensorsFile] = [:]
         var dtypes: [String: Int] = [:]
@@ -96,10 +117,56 @@ public struct ModelDirectory: Sendable {
             }
         }
 
+        if let index { try ShardLayout.checkIndex(index, index: directory.appendingPathComponent(ShardLayout.indexName).path, owner: owner) }
+        // Sanitize drops the vision tower (mlx-lm never builds it); without a vision_config nothing could.
+        if !Self.hasVisionConfig(configData),
+           let vision = owner.keys.sorted().first(where: { Sanitize.outerName($0) == nil && !$0.contains("mtp.") }) {
+            throw CheckpointError.visionWeightsWithoutVisionConfig(file: owner[vision]!.source, tensor: vision, config: source)
+        }
+
         let loaded = try Self.widenAndDequantize(owner, config: config, quantization: quantization, source: path)
         let sanitized = Sanitize.mlxLM(loaded.tensors, modelType: modelType, config: config)
-        weights = try Weights(sanitized.mapValues(\.tensor), config: config, source: path)
+        do {
+            weights = try Weights(sanitized.mapValues(\.tensor), config: config, source: path)
+        } catch let error as WeightError {
+            throw Self.naming(error, owner: owner)
+        }
         summary = CheckpointSummary(files: weightFiles, dtypes: dtypes, quantized: loaded.quantized)
+    }
+
+    static func hasVisionConfig(_ data: Data) -> Bool {
+        ((try? JSONSerialization.jsonObject(with: data)) as? [String: Any])?["vision_config"] is [String: Any]
+    }
+
+    /// A weight the config does not expect, or expects in another shape, named by the file
+    /// and the stored tensor it came from (checkpoint names may differ from runtime ones).
+    static func naming(_ error: WeightError, owner: [String: SafetensorsFile]) -> Error {
+        func stored(_ runtime: String) -> (file: String, tensor: String)? {
+            let moduleName = runtime.hasSuffix(".weight") ? String(runtime.dropLast(".weight".count)) : runtime
+            for (name, file) in owner.sorted(by: { $0.key < $1.key }) {
+                let candidate = Sanitize.outerName(name)
+                if candidate == runtime || (name.hasSuffix(".scales") && candidate == moduleName + ".scales") {
+                    return (file.source, name)
+                }
+            }
+            return nil
+        }
+        switch error {
+        case let .wrongShape(_, name, expected, found):
+            guard let origin = stored(name) else { return error }
+            return CheckpointError.tensorDisagreesWithConfig(file: origin.file, tensor: origin.tensor,
+                reason: "shape \(found) after loading, but config.json implies \(expected) for '\(name)'")
+        case let .unexpected(_, names):
+            guard let first = names.first, let origin = stored(first) else { return error }
+            return CheckpointError.tensorDisagreesWithConfig(file: origin.file, tensor: origin.tensor,
+                reason: "config.json implies no such weight ('\(first)'\(names.count > 1 ? " and \(names.count - 1) more" : ""))")
+        case let .notFinite(_, name, index):
+            guard let origin = stored(name) else { return error }
+            return CheckpointError.tensorDisagreesWithConfig(file: origin.file, tensor: origin.tensor,
+                reason: "holds a NaN or Inf at flat index \(index)")
+        case .missing:
+            return error
+        }
     }
 
     /// Every stored tensor as float32: floats widened, quantized triples dequantized.

@@ -50,6 +50,16 @@ public struct QuantizationParameters: Equatable, Sendable, CustomStringConvertib
         }
     }
 
+    /// The widths mx.quantize accepts per mode (mlx 0.32).
+    static func supportedBits(_ mode: String) -> [Int]? {
+        switch mode {
+        case "affine": return [2, 3, 4, 5, 6, 8]
+        case "mxfp4", "nvfp4": return [4]
+        case "mxfp8": return [8]
+        default: return nil
+        }
+    }
+
     public var description: String { "\(bits)-bit/group \(groupSize) \(mode)" }
 }
 
@@ -144,8 +154,13 @@ public struct QuantizationConfig: Equatable, Sendable {
             default: throw QuantizationError.badConfig(source: source, reason: "'\(key).\(name)' must be a positive integer")
             }
         }
-        return QuantizationParameters(groupSize: try int("group_size", modeDefaults.groupSize),
-                                      bits: try int("bits", modeDefaults.bits), mode: mode)
+        let bits = try int("bits", modeDefaults.bits)
+        // mx.quantize refuses other widths; a checkpoint claiming one was not written by mlx.
+        if let widths = QuantizationParameters.supportedBits(mode), !widths.contains(bits) {
+            throw QuantizationError.badConfig(source: source, reason: "'\(key).bits' is \(bits); mlx's \(mode) mode takes "
+                + widths.map(String.init).joined(separator: ", ") + " bits")
+        }
+        return QuantizationParameters(groupSize: try int("group_size", modeDefaults.groupSize), bits: bits, mode: mode)
     }
 
     /// What mlx-lm's load_model does for a module whose `.scales` exist: the per-module entry if

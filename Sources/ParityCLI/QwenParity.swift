@@ -113,6 +113,7 @@ public struct Check: ParsableCommand {
         let scenarios = scenario.isEmpty ? nil : Set(scenario)
         var rows: [InvariantRow] = []
         var staleFiles = 0
+        var absences: [String: Absence] = [:]
         for (path, modelDirectory) in targets() {
             let started = Date()
             do {
@@ -150,12 +151,13 @@ public struct Check: ParsableCommand {
                         print("")
                     }
                 }
+                InvariantRegistry.merge(&absences, InvariantRegistry.absences(golden))
             } catch {
                 rows.append(.unreadable(path, error))
             }
             print(String(format: "%@: done in %.1f s\n", path, Date().timeIntervalSince(started)))
         }
-        rows += InvariantRegistry.coverage(rows, only: invariants)
+        rows += InvariantRegistry.coverage(rows, only: invariants, absences: absences)
         print(TextReport.render(rows))
         do {
             try ReportFiles.write(rows, to: reportDir)

@@ -11,7 +11,7 @@ extension TextConfig {
     /// - `head_dim` has no fallback (`None` crashes `int(head_dim · factor)`);
     /// - `rope_parameters` absent gets the default dict; `null` crashes; given, it must hold
     ///   `mrope_section`, `type` (or `rope_type`, renamed), `rope_theta` and
-    ///   `partial_rotary_factor`, or `__post_init__` raises.
+    ///   `partial_rotary_factor`, or `__post_init__` raises (the error names the first missing one).
     public static func mlxVLM(_ raw: RawTextConfig, source: String) throws -> TextConfig {
         // mlx-vlm picks the MoE classes by the checkpoint's model_type; a nested text_config
         // spells its own as "qwen3_5_moe_text".
@@ -27,10 +27,16 @@ extension TextConfig {
             throw ConfigError.invalid(source: source, key: "rope_parameters",
                                       reason: "null: mlx-vlm reads rope_parameters[\"partial_rotary_factor\"] from it")
         case .given(let p):
-            guard p.mropeSection != nil, p.type ?? p.ropeType != nil, p.ropeTheta != nil,
-                  p.partialRotaryFactor != nil else {
-                throw ConfigError.invalid(source: source, key: "rope_parameters",
-                    reason: "must contain mrope_section, type, rope_theta and partial_rotary_factor")
+            // mlx-vlm has no default for any of the four once the dict is given. transformers
+            // writes `rope_type` (accepted for `type`) and leaves mrope_section out when the
+            // config it was built from had none, so a checkpoint it saved can lack it.
+            let missing = [("mrope_section", p.mropeSection == nil), ("type", p.type ?? p.ropeType == nil),
+                           ("rope_theta", p.ropeTheta == nil), ("partial_rotary_factor", p.partialRotaryFactor == nil)]
+                .filter(\.1).map(\.0)
+            if let first = missing.first {
+                throw ConfigError.invalid(source: source, key: "rope_parameters.\(first)",
+                    reason: "missing (\(missing.joined(separator: ", ")) absent); mlx-vlm 0.7.10 requires mrope_section, "
+                        + "type (or rope_type), rope_theta and partial_rotary_factor once rope_parameters is given")
             }
             rope = p
         }

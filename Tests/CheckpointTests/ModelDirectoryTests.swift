@@ -73,7 +73,8 @@ import Testing
     /// HF layout: renamed keys, conv1d [C, 1, K], zero-centred bf16 norms (+1 rounded in bf16),
     /// and vision / mtp tensors dropped, exactly as mlx-lm's sanitize does it.
     @Test func hfLayoutIsSanitizedLikeMLXLM() throws {
-        let object = tinyConfigObject()
+        // A vision_config, as a published checkpoint has one: its tower's weights are then dropped.
+        let object = tinyConfigObject { $0["vision_config"] = ["depth": 1] }
         let config = try TextConfig.mlxLM(json: JSONSerialization.data(withJSONObject: object), source: "t")
         let weights = Self.runtimeWeights(config, seed: 4)
         var builder = SafetensorsBuilder()

@@ -22,6 +22,9 @@ struct BadInput: Sendable {
     var expectation: Expectation
     /// Creates the case at `path` (nothing exists there yet).
     var build: @Sendable (_ path: String) throws -> Void
+    /// `check` runs on the folder holding `path` (a model directory), not on the file.
+    var checksDirectory = false
+    var arguments: [String] = []
 }
 
 /// What the corpus generator learns from a pristine golden (read in-process; only pristine

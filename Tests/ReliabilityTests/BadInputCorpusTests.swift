@@ -78,6 +78,9 @@ enum Classifier {
             facts[f.name] = f
             corpus += BadInputCorpus.cases(f, seed: Self.seed &+ UInt64(i))
         }
+        let checkpoints = Paths.checkpoints
+        try #require(!checkpoints.isEmpty, "no golden/checkpoints/*/parity.h5 to derive bad model directories from")
+        for checkpoint in checkpoints { corpus += BadInputCorpus.modelDirectoryCases(checkpoint) }
         // Cases are few seconds at most; the slow ones (a forward pass) go first so the two
         // workers finish together.
         corpus.sort { ($0.scenario != nil ? 0 : 1, $0.id) < ($1.scenario != nil ? 0 : 1, $1.id) }
@@ -121,10 +124,11 @@ enum Classifier {
                 do {
                     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
                     try input.build(path)
-                    var arguments = ["check", path]
+                    let target = input.checksDirectory ? dir.path : path
+                    var arguments = ["check", target] + input.arguments
                     if let scenario = input.scenario { arguments += ["--scenario", scenario] }
                     let result = try Subprocess.run(binary, arguments, timeout: Self.timeout, outputDirectory: dir)
-                    let outcome = Classifier.classify(result, input, path: path, clean: cleanOutputs[name])
+                    let outcome = Classifier.classify(result, input, path: target, clean: cleanOutputs[name])
                     tally.add(outcome.rawValue)
                     tally.add("seconds x1000", Int(result.seconds * 1000))
                     if !outcome.isAcceptable {

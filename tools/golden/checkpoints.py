@@ -18,10 +18,14 @@ from .errors import GoldenError, LibraryFinding, UsageError, library, log
 from .inputs import check_token_ids, make_inputs
 from .lm_paths import build_model, load_random_weights, run_all
 from .provenance import file_sha256, root_attrs
-from .scenarios import F32_PATH, LM_PATH, scenario_list
+from .scenarios import F32_PATH, LM_PATH, VLM_PATH, scenario_list
+from .vlm_paths import add_vlm_paths, build_vlm_model
 from .writing import write_golden
 
 CHECKPOINT_GOLDEN = "parity.h5"  # the golden inside a --make-checkpoint directory
+# mlx-vlm groups a multimodal directory's golden gets beside the text schedules. Not "vision":
+# its image prompts run a tower drawn from the seed, not the checkpoint's own.
+MODEL_DIR_VLM_GROUPS = {"cache", "vectors", "sweeps", "hazards"}
 CHECKPOINT_KINDS = ("bf16", "q4")
 DEFAULT_CHECKPOINT_SCENARIOS = ("full_prefill", "prefix_decode")
 # q4: affine 4-bit, group 64 (mlx's defaults), with two per-module overrides recorded in the
@@ -93,6 +97,10 @@ def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: s
     log(f"{model_dir.name}: parameter dtypes {dtypes}, activations {adt}")
 
     native = run_all(model, scenarios, inputs, LM_PATH)
+    # The float32 runtime tensors before dequantize_model touches the model: mlx-vlm's paths run
+    # on exactly these (vlm_paths.load_vlm_weights checks they arrive bit for bit).
+    vlm_weights = vlm_weights_for(model_dir, config, dtypes,
+                                  lambda: {k: np.array(v) for k, v in tree_flatten(model.parameters())})
     with library("mlx-lm", "dequantizing the model to float32 (dequantize_model, set_dtype)"):
         dequantize_model(model)
         model.set_dtype(mx.float32)
@@ -111,10 +119,36 @@ def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: s
              "checkpoint_kind": kind,
              "quantization_json": json.dumps(config.get("quantization"))}
     meta = {"root": root, "raw_json": raw_json, "effective_json": json.dumps(effective)}
-    check_token_ids(inputs.datasets(), [], effective["vocab_size"])
     results = [(sc, {LM_PATH: a, F32_PATH: b}) for sc, a, b in zip(scenarios, native, widened)]
+    store = inputs.datasets()
+    if vlm_weights is not None:
+        spec = read_config(model_dir / "config.json")
+        meta |= add_vlm_paths(spec, vlm_weights, inputs, MODEL_DIR_VLM_GROUPS, args.seed, results, store,
+                              root["variant"])
+        meta["probes"] = meta.pop("vlm_probes", [])
     if args.oracle == "on":   # on the dequantized float32 weights the float32 twin ran
         weights = {name: np.array(value) for name, value in tree_flatten(model.parameters())}
-        meta["oracle"] = oracle.capture(read_config(model_dir / "config.json"), meta, weights, inputs.datasets(),
-                                        results, reference_paths=oracle.MODEL_DIR_PATHS)
-    write_golden(out_h5, meta, None, inputs.datasets(), results)
+        references = oracle.MODEL_DIR_PATHS + ((VLM_PATH,) if vlm_weights is not None else ())
+        meta["oracle"] = oracle.capture(read_config(model_dir / "config.json"), meta, weights, store, results,
+                                        reference_paths=references)
+    check_token_ids(store, meta.get("rope_cases", []), effective["vocab_size"])
+    write_golden(out_h5, meta, None, store, results)
+
+
+def vlm_weights_for(model_dir: Path, config: dict, dtypes: list, runtime) -> dict | None:
+    """The runtime tensors mlx-vlm's paths run on, or None (with the reason logged) when the
+    directory gets mlx-lm paths only: no vision_config (a text-only checkpoint), a config
+    mlx-vlm refuses, or weights that are not plain float32 (mlx-vlm would run bf16 or packed
+    weights, and the Swift side has no bound for those paths yet)."""
+    if not isinstance(config.get("vision_config"), dict):
+        return None
+    if config.get("quantization") or dtypes != ["mlx.core.float32"]:
+        log(f"{model_dir.name}: mlx-vlm paths not written: weights {dtypes}"
+            f"{', quantized' if config.get('quantization') else ''} (only float32 directories get them)")
+        return None
+    try:
+        build_vlm_model(read_config(model_dir / "config.json"))
+    except (GoldenError, LibraryFinding) as exc:   # LibraryFinding: mlx-vlm itself refuses it
+        log(f"{model_dir.name}: mlx-vlm paths not written: {exc}")
+        return None
+    return runtime()

@@ -47,7 +47,8 @@ weights and inputs:
   sanitize() must leave them unchanged; they are loaded with strict=True and stored as
   /weights/<runtime name>. Token ids come from default_rng([seed, 1]).
 
-model directories (mlx-lm paths only):
+model directories (mlx-lm paths; mlx-vlm ones too for a float32, unquantized directory with a
+vision_config mlx-vlm accepts: text schedules, cache, vectors, sweeps, hazards, no image prompts):
   --from-model DIR          DIR holds config.json and model*.safetensors as mlx-lm saves them
                             (any dtype, affine-quantized or not). Loaded with
                             mlx_lm.utils.load_model; the golden stores no /weights but the
@@ -166,8 +167,8 @@ def parse_args(argv):
     if model_dir and args.candidate is not None:
         ap.error("--candidate applies to --config goldens (random weights)")
     if model_dir and args.vlm_extras is not None:
-        ap.error("--vlm-extras applies to random-weight goldens; model directories have "
-                 "mlx-lm paths only")
+        ap.error("--vlm-extras applies to random-weight goldens; a model directory's mlx-vlm "
+                 "groups are fixed (see 'model directories' in --help)")
     return args
 
 

@@ -108,8 +108,10 @@ public struct InvariantRow: Sendable {
     /// upstream's own tests; a fact about the library, reported apart from port failures.
     public enum Verdict: String, Sendable {
         case pass = "ok", fail = "FAIL", notRun = "NOT RUN", error = "ERROR", finding = "FINDING"
+        /// The checkpoint has no such path (see `Absence`); reported with the reason, not a failure.
+        case notApplicable = "n/a"
         /// Neither a port failure nor a coverage gap.
-        public var isSuccess: Bool { self == .pass || self == .finding }
+        public var isSuccess: Bool { self == .pass || self == .finding || self == .notApplicable }
     }
     public var invariant: String
     public var compares: String
@@ -201,21 +203,33 @@ public enum InvariantRegistry {
 
     public static func run(_ golden: GoldenFile, only: Set<String>? = nil, scenarios: Set<String>? = nil,
                            modelDirectory: String? = nil, implementations: Implementations? = nil) -> [InvariantRow] {
-        let chosen = (all + candidate).filter { (only?.contains($0.id) ?? true) && $0.appliesTo(golden) }
+        var chosen = (all + candidate).filter { (only?.contains($0.id) ?? true) && $0.appliesTo(golden) }
+        // What the checkpoint itself lacks is reported, not run (an error would blame the port).
+        var excused: [InvariantRow] = []
+        for (id, absence) in absences(golden) {
+            guard case .notApplicable(let reason) = absence, let i = chosen.firstIndex(where: { $0.id == id }) else { continue }
+            excused.append(row(chosen.remove(at: i), golden, verdict: .notApplicable, detail: reason))
+        }
+        guard !chosen.isEmpty else { return inRegistryOrder(excused) }
         let impls: Implementations
         do {
             impls = try implementations ?? .standard(golden, modelDirectory: modelDirectory)
         } catch {
-            return chosen.map { row($0, golden, verdict: .error, detail: "\(error)") }
+            return inRegistryOrder(chosen.map { row($0, golden, verdict: .error, detail: "\(error)") } + excused)
         }
-        return chosen.map { invariant in
+        return inRegistryOrder(excused + chosen.map { invariant in
             do {
                 let measurements = try invariant.measure(InvariantContext(golden: golden, implementations: impls, scenarios: scenarios))
                 return judge(invariant, measurements, golden)
             } catch {
                 return row(invariant, golden, verdict: .error, detail: "\(error)")
             }
-        }
+        })
+    }
+
+    private static func inRegistryOrder(_ rows: [InvariantRow]) -> [InvariantRow] {
+        let order = (all + candidate).map(\.id)
+        return rows.sorted { (order.firstIndex(of: $0.invariant) ?? order.count) < (order.firstIndex(of: $1.invariant) ?? order.count) }
     }
 
     /// One row from an invariant's measurements: the worst pair, the verdict under its tolerance
@@ -274,12 +288,30 @@ public enum InvariantRegistry {
         return result
     }
 
-    /// A NOT RUN row (a failure) for every chosen invariant that ran on no golden at all.
-    public static func coverage(_ rows: [InvariantRow], only: Set<String>? = nil) -> [InvariantRow] {
+    /// A row for every chosen invariant that ran on no golden at all: NOT RUN (a failure), or not
+    /// applicable when a given golden's checkpoint has no such path (`absences`, merged over the
+    /// goldens; a coverage gap anywhere wins, so a gap is never excused by another file).
+    public static func coverage(_ rows: [InvariantRow], only: Set<String>? = nil,
+                                absences: [String: Absence] = [:]) -> [InvariantRow] {
         let ran = Set(rows.map(\.invariant))
         return all.filter { (only?.contains($0.id) ?? true) && !ran.contains($0.id) }.map {
-            InvariantRow(invariant: $0.id, compares: $0.compares, scenario: "-", path: "-", tolerance: $0.tolerance,
-                         verdict: .notRun, detail: "no golden given holds what this invariant needs")
+            var row = InvariantRow(invariant: $0.id, compares: $0.compares, scenario: "-", path: "-", tolerance: $0.tolerance,
+                                   verdict: .notRun, detail: "no golden given holds what this invariant needs")
+            switch absences[$0.id] {
+            case .notApplicable(let reason)?: row.verdict = .notApplicable; row.detail = reason
+            case .coverageGap(let reason)?: row.detail = reason
+            case nil: break
+            }
+            return row
+        }
+    }
+
+    /// Merges one golden's absences into those of the goldens before it: a coverage gap wins.
+    public static func merge(_ absences: inout [String: Absence], _ more: [String: Absence]) {
+        for (id, absence) in more {
+            if case .coverageGap? = absences[id] { continue }
+            if case .notApplicable = absence, absences[id] != nil { continue }
+            absences[id] = absence
         }
     }
 

@@ -56,6 +56,7 @@ public enum ReportFiles {
             xml += "  <testcase classname=\"\(escape(row.scenario))\" name=\"\(escape(row.invariant))\">"
             switch row.verdict {
             case .pass: break
+            case .notApplicable: xml += "<skipped message=\"\(escape("not applicable: " + row.detail))\"/>"
             case .finding: xml += "<system-out>\(escape("library finding: " + row.detail))</system-out>"
             case .fail, .notRun:
                 xml += "<failure message=\"\(escape(row.verdict.rawValue + ": " + row.detail))\">\(escape(row.reproduce))</failure>"

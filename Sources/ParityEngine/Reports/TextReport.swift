@@ -60,7 +60,7 @@ public enum TextReport {
                 + "\(row.pairs)".leftPadded(7) + "  " + row.verdict.rawValue
             if !row.detail.isEmpty { line += "  " + row.detail }
             lines.append(line)
-            if row.verdict != .pass { lines.append("    reproduce: \(row.reproduce)") }
+            if row.verdict != .pass && row.verdict != .notApplicable { lines.append("    reproduce: \(row.reproduce)") }
         }
         return lines.joined(separator: "\n")
     }
@@ -80,10 +80,12 @@ public enum TextReport {
     /// "N passed, M failed": skipped or never-run invariants count as failed; a library finding
     /// is a pass of the port, listed on a line of its own after.
     public static func summary(_ rows: [InvariantRow]) -> String {
-        let passed = rows.filter { $0.verdict.isSuccess }.count
+        let notApplicable = rows.filter { $0.verdict == .notApplicable }.count
+        let passed = rows.filter { $0.verdict.isSuccess }.count - notApplicable
         let notRun = rows.filter { $0.verdict == .notRun }.count
-        var text = "\(passed) passed, \(rows.count - passed) failed"
+        var text = "\(passed) passed, \(rows.count - passed - notApplicable) failed"
         if notRun > 0 { text += " (\(notRun) not run, counted as failed)" }
+        if notApplicable > 0 { text += ", \(notApplicable) not applicable to the checkpoint (not failures)" }
         let findings = rows.filter { $0.verdict == .finding }
         if !findings.isEmpty {
             text += "\n\(findings.count) library finding(s): the reference library itself exceeds upstream's bound"
