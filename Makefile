@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 SWIFT ?= swift
 # Committed checkpoint directories, NAME:KIND -> golden/checkpoints/NAME-KIND/ (from
-# tools/configs/checkpoints/NAME.json; KIND bf16 or q4, see tools/make_golden.py --help).
-CHECKPOINTS := tiny-checkpoint:q4 tiny-checkpoint:bf16
+# tools/configs/checkpoints/NAME.json; KIND bf16 or q4 (mlx-lm's conversion) or hf (the published layout, by
+# transformers' own save_pretrained), see tools/make_golden.py --help).
+CHECKPOINTS := tiny-checkpoint:q4 tiny-checkpoint:bf16 tiny-published:hf
 GOLDEN ?= $(wildcard golden/*.h5) $(wildcard golden/checkpoints/*/parity.h5)
 CONFIGS := $(wildcard tools/configs/*.json)
 # Why a regeneration changes goldens; required when one does (make golden REASON="...").

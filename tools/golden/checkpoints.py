@@ -11,6 +11,7 @@ import numpy as np
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map_with_path
 from mlx_lm.utils import dequantize_model, load_model, quantize_model, save_config, save_model
+from mlx_vlm.utils import load_model as vlm_load_model
 
 from . import oracle
 from .configs import SUPPORTED_MODEL_TYPES, effective_config, read_config
@@ -23,10 +24,14 @@ from .vlm_paths import add_vlm_paths, build_vlm_model
 from .writing import write_golden
 
 CHECKPOINT_GOLDEN = "parity.h5"  # the golden inside a --make-checkpoint directory
-# mlx-vlm groups a multimodal directory's golden gets beside the text schedules. Not "vision":
-# its image prompts run a tower drawn from the seed, not the checkpoint's own.
-MODEL_DIR_VLM_GROUPS = {"cache", "vectors", "sweeps", "hazards"}
-CHECKPOINT_KINDS = ("bf16", "q4")
+# mlx-vlm groups a multimodal directory's golden gets beside the text schedules (not the hazards:
+# misuses of mlx-vlm that the random-weight goldens already hold; size budget); "vision" runs
+# the image prompts through the checkpoint's own tower, as mlx-vlm loads it.
+MODEL_DIR_VLM_GROUPS = {"cache", "vectors", "vision"}
+# hf: the published layout, as transformers' own save_pretrained writes it (nested config,
+# model.language_model.* and model.visual.* names, zero-centred norms, conv [C, 1, K]): the
+# layout real checkpoints ship in, which only the loaders' sanitize steps turn into MLX's.
+CHECKPOINT_KINDS = ("bf16", "q4", "hf")
 DEFAULT_CHECKPOINT_SCENARIOS = ("full_prefill", "prefix_decode")
 # q4: affine 4-bit, group 64 (mlx's defaults), with two per-module overrides recorded in the
 # config's quantization block the way quantize_model records the MoE router's 8-bit/64.
@@ -36,7 +41,10 @@ Q4_OVERRIDES = {"language_model.lm_head": {"group_size": 32, "bits": 8},
 
 
 def make_checkpoint(args, directory: Path) -> None:
-    """Random weights saved as an MLX model directory with mlx-lm's own conversion steps."""
+    """Random weights saved as an MLX model directory with mlx-lm's own conversion steps, or
+    (kind hf) in the published layout by transformers."""
+    if args.make_checkpoint == "hf":
+        return make_published(args, directory)
     spec = read_config(args.config)
     config = spec.lm_config()
     model = build_model(spec.lm_config())
@@ -66,6 +74,33 @@ def make_checkpoint(args, directory: Path) -> None:
         save_config(config, directory / "config.json")
     log(f"{args.config.name}: {args.make_checkpoint} checkpoint saved "
         f"({sum(p.stat().st_size for p in directory.iterdir())} bytes)")
+
+
+def make_published(args, directory: Path) -> None:
+    """transformers' Qwen3_5(Moe)ForConditionalGeneration from a nested config, its parameters
+    redrawn from the seed so that none is trivial (transformers initialises norms to zero and
+    the projections at 0.02), then save_pretrained: the unconverted published layout."""
+    spec = read_config(args.config)
+    if not spec.nested or spec.vision is None:
+        raise UsageError(f"--make-checkpoint hf needs a nested config with a vision_config: {args.config}")
+    torch = oracle.import_torch()
+    import transformers
+    cls = {"qwen3_5": transformers.Qwen3_5ForConditionalGeneration,
+           "qwen3_5_moe": transformers.Qwen3_5MoeForConditionalGeneration}[spec.model_type]
+    config_cls = {"qwen3_5": transformers.Qwen3_5Config, "qwen3_5_moe": transformers.Qwen3_5MoeConfig}[spec.model_type]
+    config = config_cls(**{k: v for k, v in spec.config.items() if k not in ("architectures", "model_type")})
+    generator = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        model = cls(config)
+        for name, p in model.named_parameters():
+            if name.endswith(("A_log", "dt_bias")):
+                continue   # transformers' own ranges: the decay must stay a decay
+            if p.ndim >= 2:
+                scale = p.shape[1] ** -0.5 if p.ndim == 2 else 0.3
+            else:
+                scale = 0.1 if "norm" in name else 0.02   # zero-centred norms: runtime 1 + w
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * scale)
+        model.save_pretrained(directory, safe_serialization=True)
 
 
 def model_files(directory: Path) -> dict:
@@ -124,7 +159,7 @@ def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: s
     if vlm_weights is not None:
         spec = read_config(model_dir / "config.json")
         meta |= add_vlm_paths(spec, vlm_weights, inputs, MODEL_DIR_VLM_GROUPS, args.seed, results, store,
-                              root["variant"])
+                              root["variant"], tower_weights=own_tower(model_dir))
         meta["probes"] = meta.pop("vlm_probes", [])
     if args.oracle == "on":   # on the dequantized float32 weights the float32 twin ran
         weights = {name: np.array(value) for name, value in tree_flatten(model.parameters())}
@@ -133,6 +168,13 @@ def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: s
                                         reference_paths=references)
     check_token_ids(store, meta.get("rope_cases", []), effective["vocab_size"])
     write_golden(out_h5, meta, None, store, results)
+
+
+def own_tower(model_dir: Path) -> dict:
+    """The checkpoint's vision tower as mlx-vlm's own loader makes it (sanitized), runtime names."""
+    with library("mlx-vlm", f"loading the model directory {model_dir} (load_model) for its vision tower"):
+        model = vlm_load_model(model_dir)
+        return {"vision_tower." + k: np.array(v) for k, v in tree_flatten(model.vision_tower.parameters())}
 
 
 def vlm_weights_for(model_dir: Path, config: dict, dtypes: list, runtime) -> dict | None:

@@ -48,7 +48,8 @@ weights and inputs:
   /weights/<runtime name>. Token ids come from default_rng([seed, 1]).
 
 model directories (mlx-lm paths; mlx-vlm ones too for a float32, unquantized directory with a
-vision_config mlx-vlm accepts: text schedules, cache, vectors, sweeps, hazards, no image prompts):
+vision_config mlx-vlm accepts: text schedules, cache, vectors and image prompts through the
+directory's own vision tower):
   --from-model DIR          DIR holds config.json and model*.safetensors as mlx-lm saves them
                             (any dtype, affine-quantized or not). Loaded with
                             mlx_lm.utils.load_model; the golden stores no /weights but the
@@ -62,8 +63,11 @@ vision_config mlx-vlm accepts: text schedules, cache, vectors, sweeps, hazards, 
                             4-bit/group 64 with lm_head at 8-bit/32 and layer 0 mlp.gate_proj at
                             8-bit/64 as per-module entries (plus the model's own quant_predicate:
                             the MoE router and shared-expert gate at 8-bit/64); then save_model +
-                            save_config, load it back with load_model, and write the golden into
-                            it as parity.h5.
+                            save_config; hf = the published layout: transformers'
+                            Qwen3_5(Moe)ForConditionalGeneration from a nested config with a
+                            vision_config, parameters redrawn from the seed, save_pretrained
+                            (names, norms and conv unconverted). Then load it back with
+                            load_model and write the golden into it as parity.h5.
 
 review and history:
   If --out exists, the new golden is first written beside it and compared: datasets bit for
@@ -122,8 +126,8 @@ def parse_args(argv):
     ap.add_argument("--out", required=True, type=Path,
                     help="output .h5 path (with --make-checkpoint: the output directory)")
     ap.add_argument("--make-checkpoint", choices=CHECKPOINT_KINDS, default=None,
-                    help="with --config: write an MLX model directory (bf16 or 4-bit) at --out "
-                         "and its golden inside it")
+                    help="with --config: write a model directory at --out (bf16 or q4 by mlx-lm, "
+                         "hf in the published layout by transformers) and its golden inside it")
     ap.add_argument("--seed", type=int, default=1234,
                     help="seed for the random weights and, via a separate stream, the token "
                          "ids (default: 1234)")

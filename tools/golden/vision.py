@@ -295,15 +295,17 @@ def make_prompt(name: str, spec: dict, model, processor, token_ids, rng) -> Prom
                   intermediates=intermediates)
 
 
-def capture(spec, lm_weights: dict, token_ids, seed: int, names: tuple) -> Capture:
+def capture(spec, lm_weights: dict, token_ids, seed: int, names: tuple,
+            tower_weights: dict | None = None) -> Capture:
     """Build mlx-vlm's full model for spec (configs.ModelSpec) around lm_weights (runtime names,
-    "language_model." prefix) and run the vision half of the prompts named (keys of PROMPTS)."""
+    "language_model." prefix) and run the vision half of the prompts named (keys of PROMPTS).
+    tower_weights: a checkpoint's own tower ("vision_tower." names); else drawn from the seed."""
     unknown = set(names) - set(PROMPTS)
     if unknown:
         raise VisionError(f"unknown image prompt(s) {sorted(unknown)}")
     raw, vision_config = read_config(spec)
     module, model_config, model = build_model(spec, vision_config)
-    vision_weights = random_vision_weights(model.vision_tower, seed)
+    vision_weights = tower_weights if tower_weights is not None else random_vision_weights(model.vision_tower, seed)
     load_weights(module, model_config, model, lm_weights, vision_weights)
     vc = model_config.vision_config
     block = vc.patch_size * vc.spatial_merge_size

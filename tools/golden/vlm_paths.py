@@ -50,7 +50,7 @@ VLM_EXTRAS_BY_VARIANT = {"tiny-dense": "cache,vectors,sweeps,hazards,vision",
                          "tiny-hv2-tied": "none", "tiny-moe": "vision"}
 # The image prompts each variant stores (vision.PROMPTS; default all). The tower is the
 # same code under both text models, so MoE takes only the two-image prompt (size budget).
-VISION_PROMPTS_BY_VARIANT = {"tiny-moe": ("image_two",)}
+VISION_PROMPTS_BY_VARIANT = {"tiny-moe": ("image_two",), "tiny-published-hf": ("image_two",)}
 
 
 def build_vlm_model(spec: ModelSpec):
@@ -392,7 +392,7 @@ def vlm_groups(args, variant: str) -> set[str] | None:
 
 
 def add_vlm_paths(spec: ModelSpec, weights: dict, inputs: Inputs, groups: set[str],
-                  seed: int, results: list, store: dict, variant: str) -> dict:
+                  seed: int, results: list, store: dict, variant: str, tower_weights: dict | None = None) -> dict:
     """Run the same weights through mlx-vlm's LanguageModel: an mlx_vlm path on every text
     scenario of results, then the vlm-only scenarios of `groups` appended to results. Adds the
     inputs the schedules read to store; returns the /config attrs and the /rope_index cases."""
@@ -452,7 +452,7 @@ def add_vlm_paths(spec: ModelSpec, weights: dict, inputs: Inputs, groups: set[st
     if "vision" in groups:
         prompts = VISION_PROMPTS_BY_VARIANT.get(variant, tuple(vision.PROMPTS))
         meta["vision"] = add_image_scenarios(spec, weights, token_ids, seed, results, store, prompts,
-                                             probed)
+                                             probed, tower_weights)
     return meta
 
 
@@ -466,11 +466,11 @@ def probe(lm, vs: VlmScenario, path: str, run, reference) -> dict:
 
 
 def add_image_scenarios(spec: ModelSpec, weights: dict, token_ids: TokenIds, seed: int,
-                        results: list, store: dict, prompts: tuple, probed: list):
+                        results: list, store: dict, prompts: tuple, probed: list, tower_weights: dict | None = None):
     """The vision group: mlx-vlm's whole model on the image prompts of vision.py; the first
     one's language calls probed (appended to probed)."""
     try:
-        cap = vision.capture(spec, weights, token_ids, seed, prompts)
+        cap = vision.capture(spec, weights, token_ids, seed, prompts, tower_weights)
     except vision.VisionError as exc:
         raise GoldenError(f"vision: {exc}") from exc
     store.update(vision.input_datasets(cap))

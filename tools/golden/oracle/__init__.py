@@ -26,6 +26,7 @@ kernels, so that a regeneration gives the same bits on another x86 machine (make
 """
 
 from .capture import MODEL_DIR_PATHS, PATH, Capture, capture, write
+from .torch_env import import_torch
 from .errors import OracleError
 
-__all__ = ["MODEL_DIR_PATHS", "PATH", "Capture", "OracleError", "capture", "write"]
+__all__ = ["MODEL_DIR_PATHS", "PATH", "Capture", "OracleError", "capture", "import_torch", "write"]
