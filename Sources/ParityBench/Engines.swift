@@ -64,6 +64,7 @@ public enum SwiftEngine {
         let measured = try Measurement.run(model!, prompt: data.prompt, plan: options.plan, name: kind.rawValue, log: log)
         result.prefill = measured.prefill
         result.decode = measured.decode
+        result.check = measured.check
         result.loadSeconds = load
         result.weightsBytes = data.weightBytes
         result.peakRSSBytes = Measurement.peakRSSBytes()
