@@ -218,7 +218,11 @@ struct GatedDeltaNet {
         var Gamma = Matrix(rows: C, columns: C)
         for i in 0..<C { for j in 0...i { Gamma[i, j] = MLXMath.exp(lambda[i] - lambda[j]) } }
 
-        let KK = K.timesTransposed(K)
+        // Products sharing an operand run as one (rows stacked or columns side by side): every
+        // element of the in-order product depends only on its own row and column, so the bits
+        // are those of the separate products, with one packing and one dispatch fewer each.
+        let KQK = Matrix.stacked(K, Q).timesTransposed(K)   // [KKᵀ; QKᵀ]
+        let KK = KQK.rows(0, C), QK = KQK.rows(C, C)
         var A = Matrix(rows: C, columns: C)
         for i in 0..<C { for j in 0..<i { A[i, j] = beta[i] * Gamma[i, j] * KK[i, j] } }
         let inverse = Self.unitLowerInverse(A)
@@ -228,17 +232,18 @@ struct GatedDeltaNet {
             let w = beta[i] * gamma[i]
             for j in 0..<K.columns { scaledK[i, j] = w * K[i, j] }
         }
-        let U0 = inverse.times(scaledV)        // [C, dv]
-        let Kt = inverse.times(scaledK)        // [C, dk]
-        let QK = Q.timesTransposed(K)
+        let UK = inverse.times(Matrix.sideBySide(scaledV, scaledK))
+        let U0 = UK.columns(0, V.columns)                 // [C, dv]
+        let Kt = UK.columns(V.columns, K.columns)         // [C, dk]
         var M = Matrix(rows: C, columns: C)
         for i in 0..<C { for j in 0...i { M[i, j] = Gamma[i, j] * QK[i, j] } }
-        let MKt = M.times(Kt)
+        let MKU = M.times(Matrix.sideBySide(Kt, U0))
+        let MKt = MKU.columns(0, Kt.columns), MU0 = MKU.columns(Kt.columns, U0.columns)
         var Qeff = Q
         for i in 0..<C { for j in 0..<Q.columns { Qeff[i, j] = gamma[i] * Q[i, j] - MKt[i, j] } }
-        let MU0 = M.times(U0)
 
-        let QS = Qeff.timesTransposed(S), KS = Kt.timesTransposed(S)   // · Sᵀ [dk, dv]
+        let QKS = Matrix.stacked(Qeff, Kt).timesTransposed(S)   // · Sᵀ [dk, dv]
+        let QS = QKS.rows(0, C), KS = QKS.rows(C, C)
         var Y = MU0, U = U0
         for i in 0..<C {
             let ratio = MLXMath.exp(lambda[C - 1] - lambda[i])
@@ -326,6 +331,35 @@ struct Matrix {
                 }
             }
         }
+        return out
+    }
+
+    /// `top` over `bottom` (the same column count).
+    static func stacked(_ top: Matrix, _ bottom: Matrix) -> Matrix {
+        precondition(top.columns == bottom.columns, "[Matrix.stacked] \(top.columns) vs \(bottom.columns) columns")
+        return Matrix(rows: top.rows + bottom.rows, columns: top.columns, top.values + bottom.values)
+    }
+
+    /// `left` then `right`, row by row (the same row count).
+    static func sideBySide(_ left: Matrix, _ right: Matrix) -> Matrix {
+        precondition(left.rows == right.rows, "[Matrix.sideBySide] \(left.rows) vs \(right.rows) rows")
+        var out = Matrix(rows: left.rows, columns: left.columns + right.columns)
+        for i in 0..<left.rows {
+            for j in 0..<left.columns { out[i, j] = left[i, j] }
+            for j in 0..<right.columns { out[i, left.columns + j] = right[i, j] }
+        }
+        return out
+    }
+
+    /// Rows `start ..< start + count`.
+    func rows(_ start: Int, _ count: Int) -> Matrix {
+        Matrix(rows: count, columns: columns, Array(values[(start * columns)..<((start + count) * columns)]))
+    }
+
+    /// Columns `start ..< start + count`.
+    func columns(_ start: Int, _ count: Int) -> Matrix {
+        var out = Matrix(rows: rows, columns: count)
+        for i in 0..<rows { for j in 0..<count { out[i, j] = self[i, start + j] } }
         return out
     }
 
