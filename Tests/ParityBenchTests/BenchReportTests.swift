@@ -68,4 +68,11 @@ import Testing
         #expect(lines.contains("torch: same argmax (6); max |Δ| 0.5 with max |logit| 3"), "\(lines)")
         #expect(lines.contains("mlx: argmax 639, not 6"), "\(lines)")
     }
+
+    @Test func openBLASCoreFollowsTheCPUFlags() {
+        #expect(BenchOptions.bestOpenBLASCore(cpuinfo: "processor : 0\nflags\t\t: fpu sse2 avx2 fma avx512f\n") == "SkylakeX")
+        #expect(BenchOptions.bestOpenBLASCore(cpuinfo: "flags\t\t: fpu sse2 avx avx2 fma bmi2\n") == "Haswell")
+        #expect(BenchOptions.bestOpenBLASCore(cpuinfo: "flags\t\t: fpu sse2 avx\n") == nil)
+        #expect(BenchOptions.bestOpenBLASCore(cpuinfo: nil) == nil)
+    }
 }
