@@ -89,9 +89,10 @@ sweep: build venv
 	$(PYTHON) tools/sweep.py --n $(or $(N),6) --seed $(or $(SEED),1) \
 	  --checker $$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/qwen-parity $(SWEEP_ARGS)
 
-## bench: the Swift mirror against mlx-lm and torch on the Qwen3.5-0.8B shape (BENCH_ARGS=... for options)
+## bench: the Swift mirror against mlx-lm and torch on the Qwen3.5-0.8B shape (BENCH_ARGS=... for options);
+## installs the CPU-only torch and transformers (venv-torch) when missing, for the torch engine
 BENCH_DATA := bench-data/qwen3.5-0.8b.h5
-bench: build venv $(BENCH_DATA)
+bench: build venv-torch $(BENCH_DATA)
 	$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/qwen-parity bench --data $(BENCH_DATA) $(BENCH_ARGS)
 
 $(BENCH_DATA): tools/bench/qwen3.5-0.8b-text.json | venv

@@ -26,7 +26,7 @@ let package = Package(
         // Config, weight names, layer kinds, caches and the protocol both implementations share.
         .target(name: "ParityCore", dependencies: ["ParityTensor", "GoldenIO"]),
         // Mirror of mlx-lm's text path.
-        .target(name: "LMMirror", dependencies: ["ParityCore", "ParityTensor", "ParityKernels"]),
+        .target(name: "LMMirror", dependencies: ["ParityCore", "ParityTensor"]),
         // Mirror of mlx-vlm's language model: MRoPE, stateful positions, chunked GatedDeltaNet prefill.
         .target(name: "VLMMirror", dependencies: ["ParityCore", "ParityTensor"]),
         // mlx-engine's unified (patched) Qwen 3.5 text model: the lm mirror for text calls, the vlm

@@ -42,6 +42,8 @@ import numpy as np
 TOOLS = Path(__file__).resolve().parent
 SEED = 20260
 PROMPT_TOKENS = 512
+CHECK_TOKENS = 16     # the logits check: last logits of a prefill of this many prompt tokens,
+CHECK_SAMPLES = 64    # sampled at this many evenly spaced vocabulary entries
 RUNTIME_PREFIX = "language_model."
 
 
@@ -141,6 +143,7 @@ def measure(engine, prompt: np.ndarray, lengths: list[int], decode_steps: int,
             decode_context: int, repeats: int) -> dict:
     engine.prefill(prompt[:8])  # warm-up: first-touch allocations, lazy initialisation
     engine.decode(prompt[:8], 2)
+    check = logits_check(engine.last_logits(prompt[:CHECK_TOKENS]))
     prefill = {}
     for L in lengths:
         rates = []
@@ -154,7 +157,16 @@ def measure(engine, prompt: np.ndarray, lengths: list[int], decode_steps: int,
         seconds = engine.decode(prompt[:decode_context], decode_steps)
         decode.append(decode_steps / seconds)
     log(f"{engine.name}: decode: {statistics.median(decode):.2f} tok/s")
-    return {"prefill": prefill, "decode": decode}
+    return {"prefill": prefill, "decode": decode, "check": check}
+
+
+def logits_check(logits: np.ndarray) -> dict:
+    """A fingerprint of one engine's last logits that the report compares across engines
+    (loosely: the engines round differently, only gross errors show)."""
+    logits = np.asarray(logits, dtype=np.float32).reshape(-1)
+    stride = max(1, logits.size // CHECK_SAMPLES)
+    return {"tokens": CHECK_TOKENS, "argmax": int(logits.argmax()),
+            "stride": stride, "sample": [float(x) for x in logits[::stride][:CHECK_SAMPLES]]}
 
 
 class MLXEngine:
@@ -188,6 +200,10 @@ class MLXEngine:
 
     def _state(self, cache):
         return [a for c in cache for a in c.state if a is not None]
+
+    def last_logits(self, tokens: np.ndarray) -> np.ndarray:
+        logits = self._logits_last(self.mx.array(tokens[None, :]), self.make_prompt_cache(self.model))
+        return np.array(logits[0, -1].astype(self.mx.float32))
 
     def prefill(self, tokens: np.ndarray) -> float:
         mx = self.mx
@@ -240,9 +256,29 @@ class TorchEngine:
             raise SystemExit(f"bench.py: torch: weights do not match the model: missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}")
         del state
+        self._materialise_buffers(config)
         self.model.eval()
         self.description = (f"transformers {transformers.__version__} on torch {torch.__version__} "
                             f"(cpu, {torch.get_num_threads()} threads)")
+
+    def _materialise_buffers(self, config) -> None:
+        """Rebuilds on the CPU every module whose buffers the meta-device build left empty.
+
+        Building on meta keeps the 3 GB random initialisation out of memory, but the state dict
+        carries no non-persistent buffers (the rotary embedding's inv_freq), so they stay meta and
+        the first forward fails with "Cannot copy out of meta tensor". Those modules compute their
+        buffers from the config alone.
+        """
+        for owner_name, owner in list(self.model.named_modules()):
+            for child_name, child in list(owner.named_children()):
+                if any(b.is_meta for b in child.buffers(recurse=False)):
+                    if any(p.is_meta for p in child.parameters(recurse=False)):
+                        raise SystemExit(f"bench.py: torch: {owner_name}.{child_name} has parameters "
+                                         "the weights do not set")
+                    setattr(owner, child_name, type(child)(config=config))
+        left = [n for n, t in list(self.model.named_parameters()) + list(self.model.named_buffers()) if t.is_meta]
+        if left:
+            raise SystemExit(f"bench.py: torch: still on the meta device after loading: {left[:5]}")
 
     def _to_hf(self, name: str, value: np.ndarray) -> dict:
         torch = self.torch
@@ -255,6 +291,12 @@ class TorchEngine:
                              "model.norm.weight", ".q_norm.weight", ".k_norm.weight")):
             value = value - np.float32(1)           # HF stores zero-centred norms and adds 1
         return {hf_name: torch.from_numpy(value)}
+
+    def last_logits(self, tokens: np.ndarray) -> np.ndarray:
+        ids = self.torch.from_numpy(tokens[None, :].astype(np.int64))
+        with self.torch.inference_mode():
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float().numpy()
 
     def prefill(self, tokens: np.ndarray) -> float:
         torch = self.torch
@@ -295,10 +337,8 @@ def run(args) -> int:
     except ImportError as exc:
         reason = f"cannot import ({exc})"
         if args.engine == "torch":
-            reason = (f"torch is not in tools/.venv ({exc}). PyPI's Linux x86-64 torch wheel is the "
-                      "CUDA build: 540 MB, and it imports only with ~2.5 GB of nvidia-* packages "
-                      "(libtorch_cuda links cudart, cublas, cudnn, nccl, ...); the CPU-only wheel "
-                      "is not on PyPI. Install torch (and transformers) into tools/.venv to include it.")
+            reason = (f"torch is not in tools/.venv ({exc}); 'make venv-torch' installs the pinned "
+                      "CPU-only torch and transformers (tools/requirements-torch.txt)")
         print(json.dumps({"engine": args.engine, "skipped": reason}))
         return 0
     load_seconds = time.monotonic() - started

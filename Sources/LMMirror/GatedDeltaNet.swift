@@ -1,7 +1,6 @@
 import Foundation
 import ParityCore
 import ParityTensor
-internal import ParityKernels
 
 // mirrors mlx_lm/models/qwen3_5.py GatedDeltaNet with gated_delta.py's ops path (the sequential
 // recurrence mlx-lm always runs on CPU).
@@ -11,7 +10,7 @@ internal import ParityKernels
 struct GatedDeltaNet {
     let inProjQKV: LinearWeight, inProjZ: LinearWeight, inProjB: LinearWeight, inProjA: LinearWeight
     let convWeight: Tensor        // [Cc, K, 1]
-    let convWeightByTap: [Float]  // the same, transposed to [K, Cc] for the vectorised kernel
+    let convSilu: DepthwiseConvSilu
     let dtBias: Tensor, aLog: Tensor
     let normWeight: Tensor        // [dv], no +1 shift
     let outProj: LinearWeight
@@ -22,8 +21,7 @@ struct GatedDeltaNet {
         inProjQKV = w.linear(name("in_proj_qkv.weight")); inProjZ = w.linear(name("in_proj_z.weight"))
         inProjB = w.linear(name("in_proj_b.weight")); inProjA = w.linear(name("in_proj_a.weight"))
         convWeight = w[name("conv1d.weight")]
-        let (channels, taps) = (convWeight.shape[0], convWeight.shape[1])
-        convWeightByTap = (0..<(taps * channels)).map { [convWeight] i in convWeight.data[(i % channels) * taps + i / channels] }
+        convSilu = DepthwiseConvSilu(weight: convWeight)
         dtBias = w[name("dt_bias")]; aLog = w[name("A_log")]
         normWeight = w[name("norm.weight")]; outProj = w.linear(name("out_proj.weight"))
         keyHeads = c.linearNumKeyHeads; valueHeads = c.linearNumValueHeads
@@ -114,23 +112,8 @@ struct GatedDeltaNet {
         return Tensor.concatenate(rows, axis: 0)
     }
 
-    /// `out[t, c] = silu(Σ_j in[t + j, c] · w[c, j])`: cross-correlation, no kernel flip, summed
-    /// over j in order (ParityKernels, vectorised across channels).
-    func depthwiseConvSilu(_ input: Tensor, steps S: Int) -> Tensor {
-        let (B, span, Cc) = (input.shape[0], input.shape[1], input.shape[2])
-        let out = [Float](unsafeUninitializedCapacity: B * S * Cc) { buffer, initialized in
-            input.data.withUnsafeBufferPointer { x in
-                convWeightByTap.withUnsafeBufferPointer { w in
-                    for b in 0..<B {
-                        pk_conv_silu(x.baseAddress! + b * span * Cc, w.baseAddress!, buffer.baseAddress! + b * S * Cc,
-                                     Int32(S), Int32(Cc), Int32(kernel))
-                    }
-                }
-            }
-            initialized = B * S * Cc
-        }
-        return Tensor(shape: [B, S, Cc], data: out)
-    }
+    /// `out[t, c] = silu(Σ_j in[t + j, c] · w[c, j])` (ParityTensor's DepthwiseConvSilu).
+    func depthwiseConvSilu(_ input: Tensor, steps S: Int) -> Tensor { convSilu(input, steps: S) }
 
     /// `out[t, c] = Σ_j in[t + j, c] · w[c, j]`, summed in order in float32.
     func depthwiseConv(_ input: Tensor, steps S: Int) -> Tensor {

@@ -61,27 +61,18 @@ public final class BenchData {
 
 extension BenchData {
     /// The vlm mirror's language model over weights read on demand (`Weights(names:source:load:)`):
-    /// each projection is read, packed and dropped; the model keeps what it keeps.
+    /// each projection is read, packed and dropped; the model keeps what it keeps (with tied
+    /// embeddings, the packed lm head serves the embedding rows too).
     public func vlmModel() throws -> VLMTextModel {
         let stream = StreamingWeights(golden)
         let names = WeightNames.expected(for: golden.config).map(\.name)
-        // The vlm mirror reads the (tied) embedding twice, for its rows and for the lm head: the
-        // first read is kept, so both share one copy instead of reading 1 GB again.
-        let box = UncheckedBox(value: (stream, EmbeddingMemo()))
-        let weights = Weights(names: names, source: path) { name in
-            let (stream, memo) = box.value
-            guard name == WeightNames.embedTokens else { return stream[name] }
-            if let kept = memo.tensor { return kept }
-            memo.tensor = stream[name]
-            return memo.tensor!
-        }
+        let box = UncheckedBox(value: stream)
+        let weights = Weights(names: names, source: path) { box.value[$0] }
         let model = VLMTextModel(config: golden.config, weights: weights)
         if let error = stream.firstError { throw error }
         return model
     }
 }
-
-private final class EmbeddingMemo { var tensor: Tensor? }
 
 /// The streaming reader crosses into `Weights`' loader, which runs on the constructing thread only.
 private struct UncheckedBox<T>: @unchecked Sendable { let value: T }

@@ -36,10 +36,20 @@ public struct BenchOptions: Sendable {
     /// Threads for every engine (the Swift kernel, OpenBLAS, torch).
     public var threads = ProcessInfo.processInfo.activeProcessorCount
     /// OPENBLAS_CORETYPE for the OpenBLAS engines' processes only; nil keeps the library's choice.
-    public var openBLASCore: String? = "SkylakeX"
+    public var openBLASCore: String? = BenchOptions.bestOpenBLASCore()
     /// Where Debian's OpenBLAS lives, for preloading into mlx.
     public var openBLASLibrary = "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"
     public init() {}
+
+    /// The widest OpenBLAS core this CPU runs: SkylakeX needs AVX-512F (forced on a CPU without
+    /// it, OpenBLAS dies of an illegal instruction), Haswell AVX2 and FMA; else the library's choice.
+    public static func bestOpenBLASCore(cpuinfo: String? = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) -> String? {
+        guard let flags = cpuinfo?.split(separator: "\n").first(where: { $0.hasPrefix("flags") })?
+            .split(separator: " ").map(String.init) else { return nil }
+        if flags.contains("avx512f") { return "SkylakeX" }
+        if flags.contains("avx2") && flags.contains("fma") { return "Haswell" }
+        return nil
+    }
 }
 
 public enum SwiftEngine {
@@ -64,6 +74,7 @@ public enum SwiftEngine {
         let measured = try Measurement.run(model!, prompt: data.prompt, plan: options.plan, name: kind.rawValue, log: log)
         result.prefill = measured.prefill
         result.decode = measured.decode
+        result.check = measured.check
         result.loadSeconds = load
         result.weightsBytes = data.weightBytes
         result.peakRSSBytes = Measurement.peakRSSBytes()

@@ -45,9 +45,10 @@ public struct EngineResult: Codable, Sendable {
     public var weightsBytes: Int?
     public var blas: BLASInfo?
     public var env: [String: String]?
+    public var check: LogitsCheck?
 
     enum CodingKeys: String, CodingKey {
-        case engine, description, skipped, prefill, decode, blas, env
+        case engine, description, skipped, prefill, decode, blas, env, check
         case peakRSSBytes = "peak_rss_bytes"
         case loadSeconds = "load_seconds"
         case weightsBytes = "weights_bytes"
@@ -61,6 +62,26 @@ public struct EngineResult: Codable, Sendable {
     public init(engine: String, description: String) {
         self.engine = engine
         self.description = description
+    }
+}
+
+/// A fingerprint of one engine's last logits after a prefill of `tokens` prompt tokens: its
+/// argmax and `sample` = logits[0, stride, 2·stride, …]. The report compares engines with it, a
+/// loose sanity check (the engines round differently), never a gate.
+public struct LogitsCheck: Codable, Sendable, Equatable {
+    public static let tokens = 16
+    public static let samples = 64
+    public var tokens: Int
+    public var argmax: Int
+    public var stride: Int
+    public var sample: [Float]
+
+    public init(tokens: Int, logits: [Float]) {
+        self.tokens = tokens
+        argmax = Measurement.argmax(logits)
+        let stride = max(1, logits.count / LogitsCheck.samples)
+        self.stride = stride
+        sample = (0..<LogitsCheck.samples).map { $0 * stride }.filter { $0 < logits.count }.map { logits[$0] }
     }
 }
 
@@ -116,12 +137,14 @@ public enum Measurement {
 
     /// Runs the protocol above; `log` receives one progress line per measurement.
     public static func run(_ model: BenchModel, prompt: [Int], plan: MeasurementPlan, name: String,
-                           log: (String) -> Void) throws -> (prefill: [String: [Double]], decode: [Double]) {
-        guard let longest = (plan.lengths + [plan.decodeContext, 8]).max(), longest <= prompt.count else {
+                           log: (String) -> Void) throws -> (prefill: [String: [Double]], decode: [Double], check: LogitsCheck) {
+        guard let longest = (plan.lengths + [plan.decodeContext, 8, LogitsCheck.tokens]).max(), longest <= prompt.count else {
             throw BenchError.data("the prompt holds \(prompt.count) tokens; the plan needs more")
         }
         _ = try prefill(model, Array(prompt.prefix(8)))
         _ = try decode(model, context: Array(prompt.prefix(8)), steps: 2)
+        let checked = try model.lastLogits(tokens: Array(prompt.prefix(LogitsCheck.tokens)), cache: model.makeBenchCache())
+        let check = LogitsCheck(tokens: LogitsCheck.tokens, logits: checked.data)
         var prefillRates: [String: [Double]] = [:]
         for L in plan.lengths {
             var rates: [Double] = []
@@ -134,7 +157,7 @@ public enum Measurement {
             decodeRates.append(Double(plan.decodeSteps) / (try decode(model, context: Array(prompt.prefix(plan.decodeContext)), steps: plan.decodeSteps)))
         }
         log(String(format: "%@: decode: %.2f tok/s", name, Summary(decodeRates).median))
-        return (prefillRates, decodeRates)
+        return (prefillRates, decodeRates, check)
     }
 
     /// This process's peak resident set (VmHWM), in bytes.

@@ -79,6 +79,26 @@ public enum BenchReport {
         s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
     }
 
+    /// Every engine's logits fingerprint against the first engine's (swift-lm by default): does
+    /// the argmax agree, and how far apart are the sampled logits next to their scale.
+    static func checkLines(_ results: [EngineResult]) -> [String] {
+        let checked = results.filter { $0.check != nil }
+        guard let reference = checked.first, let ref = reference.check, checked.count > 1 else { return [] }
+        var lines = ["", "logits check, not a gate: the last logits of a \(ref.tokens)-token prefill at \(ref.sample.count) "
+                     + "sampled vocabulary entries, against \(reference.engine)"]
+        let scale = ref.sample.map { abs($0) }.max() ?? 0
+        for r in checked.dropFirst() {
+            guard let c = r.check, c.tokens == ref.tokens, c.stride == ref.stride, c.sample.count == ref.sample.count else {
+                lines.append("  \(r.engine): not comparable (another prefill length or sampling)")
+                continue
+            }
+            let delta = zip(c.sample, ref.sample).map { abs($0 - $1) }.max() ?? 0
+            let agree = c.argmax == ref.argmax ? "same argmax (\(c.argmax))" : "argmax \(c.argmax), not \(ref.argmax)"
+            lines.append(String(format: "  %@: %@; max |Δ| %.3g with max |logit| %.3g", r.engine, agree, delta, scale))
+        }
+        return lines
+    }
+
     /// The table: one row per engine (median (min–max) tokens/s over the repeats), the roofline
     /// rows, then Swift/peer ratios of the medians and what each engine ran with.
     public static func render(_ results: [EngineResult], plan: MeasurementPlan, config: TextConfig,
@@ -137,6 +157,7 @@ public enum BenchReport {
             lines.append("Swift / peer, ratio of medians from this run (RSS column: ratio of peak RSS)")
             for row in ratioRows { lines.append(zip(row, widths).map { pad($0, $1) }.joined(separator: "  ")) }
         }
+        lines += checkLines(measured)
         lines.append("")
         lines.append("ran with")
         for r in results where r.skipped == nil {

@@ -56,8 +56,8 @@ public struct Bench: ParsableCommand {
     @Option(help: "Threads for every engine.")
     var threads = ProcessInfo.processInfo.activeProcessorCount
 
-    @Option(help: "OPENBLAS_CORETYPE for the OpenBLAS engines ('' keeps the library's own choice).")
-    var openblasCore = "SkylakeX"
+    @Option(help: "OPENBLAS_CORETYPE for the OpenBLAS engines ('' keeps the library's own choice; default: SkylakeX with AVX-512F, else Haswell with AVX2 and FMA).")
+    var openblasCore: String?
 
     @Option(help: "Memory bandwidth for the roofline, GB/s.")
     var bandwidthGBs = 28.8
@@ -76,7 +76,7 @@ public struct Bench: ParsableCommand {
         options.plan = try plan.plan()
         options.python = python
         options.threads = threads
-        options.openBLASCore = openblasCore.isEmpty ? nil : openblasCore
+        if let openblasCore { options.openBLASCore = openblasCore.isEmpty ? nil : openblasCore }
         options.engines = try engines.split(separator: ",").map { name in
             guard let kind = EngineKind(rawValue: String(name)) else {
                 throw ValidationError("unknown engine '\(name)'; known: \(EngineKind.allCases.map(\.rawValue).joined(separator: ", "))")

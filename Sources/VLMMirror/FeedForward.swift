@@ -24,17 +24,15 @@ struct MLP {
     func callAsFunction(_ x: Tensor, trace: SubStepTrace) -> Tensor {
         let g = trace.tap("mlp_gate", x.linear(gate))
         let u = trace.tap("mlp_up", x.linear(up))
-        var h = g
-        for i in h.data.indices { h.data[i] = Activation.silu(g.data[i]) * u.data[i] }
+        let h = Tensor(shape: g.shape, data: Activation.siluTimes(g.data, u.data))
         return trace.tap("mlp_act", h).linear(down)
     }
 
     /// Experts and the shared expert (SwitchGLU slices): untraced.
     func callAsFunction(_ x: Tensor) -> Tensor {
         let u = x.linear(up)
-        var h = x.linear(gate)
-        for i in h.data.indices { h.data[i] = Activation.silu(h.data[i]) * u.data[i] }
-        return h.linear(down)
+        let g = x.linear(gate)
+        return Tensor(shape: g.shape, data: Activation.siluTimes(g.data, u.data)).linear(down)
     }
 }
 

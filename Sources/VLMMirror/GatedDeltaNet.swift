@@ -14,6 +14,7 @@ struct GatedDeltaNet {
 
     let inProjQKV: LinearWeight, inProjZ: LinearWeight, inProjB: LinearWeight, inProjA: LinearWeight
     let convWeight: Tensor        // [Cc, K, 1]
+    let convSilu: DepthwiseConvSilu
     let dtBias: Tensor, aLog: Tensor
     let normWeight: Tensor        // [dv], plain weight
     let outProj: LinearWeight
@@ -24,6 +25,7 @@ struct GatedDeltaNet {
         inProjQKV = w.linear(name("in_proj_qkv.weight")); inProjZ = w.linear(name("in_proj_z.weight"))
         inProjB = w.linear(name("in_proj_b.weight")); inProjA = w.linear(name("in_proj_a.weight"))
         convWeight = w[name("conv1d.weight")]
+        convSilu = DepthwiseConvSilu(weight: convWeight)
         dtBias = w[name("dt_bias")]; aLog = w[name("A_log")]
         normWeight = w[name("norm.weight")]; outProj = w.linear(name("out_proj.weight"))
         keyHeads = c.linearNumKeyHeads; valueHeads = c.linearNumValueHeads
@@ -56,8 +58,10 @@ struct GatedDeltaNet {
             c.convState = trace.tap("conv_state", trailingWindow(convInput, lengths: c.lengths, steps: S))
             cache = c
         }
-        let preActivation = trace.tap("conv_out", depthwiseConv(convInput, steps: S))   // [B, S, Cc]
-        let convOut = preActivation.map(Activation.silu)
+        // conv_out is traced before silu; untraced, conv and silu run fused (the same bits).
+        let convOut = trace.isActive
+            ? trace.tap("conv_out", depthwiseConv(convInput, steps: S)).map(Activation.silu)
+            : convSilu(convInput, steps: S)   // [B, S, Cc]
 
         // _normalize_qk: eps written 1e-6 / dk; the dk^-½ readout scale folded into q.
         let invScale = Double(dk).squareRoot().reciprocal
@@ -93,9 +97,9 @@ struct GatedDeltaNet {
         }
 
         // Qwen3_5RMSNormGated: rms_norm(y)·w per value head, then silu(z)·that in float32.
-        var gated = y.rmsNorm(weight: normWeight, eps: eps).reshaped([B, S, Hv * dv])
-        for i in gated.data.indices { gated.data[i] = Activation.silu(z.data[i]) * gated.data[i] }
-        gated = trace.tap("gated_norm_out", gated.reshaped([B, S, Hv, dv])).reshaped([B, S, Hv * dv])
+        var gated = y.rmsNorm(weight: normWeight, eps: eps)   // [B, S, Hv, dv]
+        gated.data = Activation.siluTimes(z.data, gated.data)
+        gated = trace.tap("gated_norm_out", gated).reshaped([B, S, Hv * dv])
         return trace.tap("out_proj", gated.linear(outProj))
     }
 
@@ -111,9 +115,7 @@ struct GatedDeltaNet {
 
     /// `nn.Conv1d(groups = Cc)` then silu: `out[t, c] = silu(Σ_j in[t + j, c]·w[c, j])`.
     /// The conv1d module's output, before silu (what the golden probes record as conv_out).
-    func depthwiseConvSilu(_ input: Tensor, steps S: Int) -> Tensor {
-        depthwiseConv(input, steps: S).map(Activation.silu)
-    }
+    func depthwiseConvSilu(_ input: Tensor, steps S: Int) -> Tensor { convSilu(input, steps: S) }
 
     func depthwiseConv(_ input: Tensor, steps S: Int) -> Tensor {
         let (B, span, Cc) = (input.shape[0], input.shape[1], input.shape[2])
@@ -132,43 +134,17 @@ struct GatedDeltaNet {
 
     /// `_gated_delta_step_ops` applied token by token: S ← g·S; m = S·k; δ = β(v − m);
     /// S ← S + δ ⊗ k; y = S·q. A masked step restores the old state but keeps its y.
-    /// State `[B, Hv, dv, dk]`; value head h reads key head h / (Hv / Hk).
+    /// State `[B, Hv, dv, dk]`; value head h reads key head h / (Hv / Hk). mlx-lm's step is the
+    /// same ops, so ParityTensor's DeltaRuleKernel (shared with the lm mirror) runs it.
     func sequentialDeltaRule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
                              state: inout Tensor, mask: [Bool]?) -> Tensor {
         let (B, S, Hk, dk) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
         let (Hv, dv) = (v.shape[2], v.shape[3])
-        var y = Tensor(zeros: [B, S, Hv, dv])
-        var memory = [Float](repeating: 0, count: dv)
-        for b in 0..<B {
-            for h in 0..<Hv {
-                let sBase = (b * Hv + h) * dv * dk
-                for t in 0..<S {
-                    let old = Array(state.data[sBase..<(sBase + dv * dk)])
-                    let kBase = ((b * S + t) * Hk + h / (Hv / Hk)) * dk
-                    let vBase = ((b * S + t) * Hv + h) * dv
-                    let (decay, rate) = (g.data[(b * S + t) * Hv + h], beta.data[(b * S + t) * Hv + h])
-                    for i in 0..<dv {
-                        var m: Float = 0
-                        for j in 0..<dk {
-                            state.data[sBase + i * dk + j] *= decay
-                            m += state.data[sBase + i * dk + j] * k.data[kBase + j]
-                        }
-                        memory[i] = m
-                    }
-                    for i in 0..<dv {
-                        let delta = (v.data[vBase + i] - memory[i]) * rate
-                        var out: Float = 0
-                        for j in 0..<dk {
-                            state.data[sBase + i * dk + j] += k.data[kBase + j] * delta
-                            out += state.data[sBase + i * dk + j] * q.data[kBase + j]
-                        }
-                        y.data[vBase + i] = out
-                    }
-                    if let mask, !mask[b * S + t] { state.data.replaceSubrange(sBase..<(sBase + dv * dk), with: old) }
-                }
-            }
-        }
-        return y
+        var y = [Float](repeating: 0, count: B * S * Hv * dv)
+        DeltaRuleKernel.run(q: q.data, k: k.data, v: v.data, g: g.data, beta: beta.data,
+                            keep: mask.map { $0.map { $0 ? 1 : 0 } }, state: &state.data, y: &y,
+                            shape: .init(batch: B, steps: S, keyHeads: Hk, keyDim: dk, valueHeads: Hv, valueDim: dv))
+        return Tensor(shape: [B, S, Hv, dv], data: y)
     }
 
     /// `gated_delta_chunked`: the same recurrence as a chunked WY scan, in float32. Masked steps
@@ -185,40 +161,47 @@ struct GatedDeltaNet {
         let (Hv, dv) = (v.shape[2], v.shape[3])
         let C = Self.chunk
         let chunks = (S + C - 1) / C
-        var y = Tensor(zeros: [B, S, Hv, dv])
-        for b in 0..<B {
-            for h in 0..<Hv {
-                let kh = h / (Hv / Hk)
-                var carried = Matrix(rows: dv, columns: dk, Array(state.data[((b * Hv + h) * dv * dk)..<((b * Hv + h + 1) * dv * dk)]))
-                for c in 0..<chunks {
-                    // This chunk's rows, zero-padded past the end of the call.
-                    var Q = Matrix(rows: C, columns: dk), K = Matrix(rows: C, columns: dk), V = Matrix(rows: C, columns: dv)
-                    var decay = [Float](repeating: 1, count: C), rate = [Float](repeating: 0, count: C)
-                    for i in 0..<C {
-                        let t = c * C + i
-                        guard t < S else { continue }
-                        let row = b * S + t
-                        for j in 0..<dk {
-                            Q[i, j] = q.data[(row * Hk + kh) * dk + j]
-                            K[i, j] = k.data[(row * Hk + kh) * dk + j]
+        var y = [Float](repeating: 0, count: B * S * Hv * dv)
+        // Heads never interact: each runs its chunks on its own thread, writing its own y columns
+        // and state; every number is computed as it would be one head after another.
+        y.withUnsafeMutableBufferPointer { yBuffer in
+            state.data.withUnsafeMutableBufferPointer { stateBuffer in
+                let (yOut, stateOut) = (yBuffer.baseAddress!, stateBuffer.baseAddress!)
+                MatrixProduct.parallel(B * Hv) { flat in
+                    let (b, h) = (flat / Hv, flat % Hv)
+                    let kh = h / (Hv / Hk)
+                    let stateBase = stateOut + flat * dv * dk
+                    var carried = Matrix(rows: dv, columns: dk, Array(UnsafeBufferPointer(start: stateBase, count: dv * dk)))
+                    for c in 0..<chunks {
+                        // This chunk's rows, zero-padded past the end of the call.
+                        var Q = Matrix(rows: C, columns: dk), K = Matrix(rows: C, columns: dk), V = Matrix(rows: C, columns: dv)
+                        var decay = [Float](repeating: 1, count: C), rate = [Float](repeating: 0, count: C)
+                        for i in 0..<C {
+                            let t = c * C + i
+                            guard t < S else { continue }
+                            let row = b * S + t
+                            for j in 0..<dk {
+                                Q[i, j] = q.data[(row * Hk + kh) * dk + j]
+                                K[i, j] = k.data[(row * Hk + kh) * dk + j]
+                            }
+                            for j in 0..<dv { V[i, j] = v.data[(row * Hv + h) * dv + j] }
+                            if mask.map({ $0[row] }) ?? true {
+                                decay[i] = g.data[row * Hv + h]
+                                rate[i] = beta.data[row * Hv + h]
+                            }
                         }
-                        for j in 0..<dv { V[i, j] = v.data[(row * Hv + h) * dv + j] }
-                        if mask.map({ $0[row] }) ?? true {
-                            decay[i] = g.data[row * Hv + h]
-                            rate[i] = beta.data[row * Hv + h]
+                        let (Y, next) = Self.scanChunk(Q: Q, K: K, V: V, g: decay, beta: rate, state: carried)
+                        carried = next
+                        for i in 0..<C where c * C + i < S {
+                            let row = b * S + c * C + i
+                            for j in 0..<dv { yOut[(row * Hv + h) * dv + j] = Y[i, j] }
                         }
                     }
-                    let (Y, next) = Self.scanChunk(Q: Q, K: K, V: V, g: decay, beta: rate, state: carried)
-                    carried = next
-                    for i in 0..<C where c * C + i < S {
-                        let row = b * S + c * C + i
-                        for j in 0..<dv { y.data[(row * Hv + h) * dv + j] = Y[i, j] }
-                    }
+                    _ = UnsafeMutableBufferPointer(start: stateBase, count: dv * dk).update(fromContentsOf: carried.values)
                 }
-                state.data.replaceSubrange(((b * Hv + h) * dv * dk)..<((b * Hv + h + 1) * dv * dk), with: carried.values)
             }
         }
-        return y
+        return Tensor(shape: [B, S, Hv, dv], data: y)
     }
 
     /// One chunk of `gated_delta_chunked` for one head: outputs `[C, dv]` and the next state `[dv, dk]`.
@@ -235,36 +218,32 @@ struct GatedDeltaNet {
         var Gamma = Matrix(rows: C, columns: C)
         for i in 0..<C { for j in 0...i { Gamma[i, j] = MLXMath.exp(lambda[i] - lambda[j]) } }
 
-        let KK = K.timesTransposed(K)
+        // Products sharing an operand run as one (rows stacked or columns side by side): every
+        // element of the in-order product depends only on its own row and column, so the bits
+        // are those of the separate products, with one packing and one dispatch fewer each.
+        let KQK = Matrix.stacked(K, Q).timesTransposed(K)   // [KKᵀ; QKᵀ]
+        let KK = KQK.rows(0, C), QK = KQK.rows(C, C)
         var A = Matrix(rows: C, columns: C)
         for i in 0..<C { for j in 0..<i { A[i, j] = beta[i] * Gamma[i, j] * KK[i, j] } }
-        // (I + A)⁻¹, row by row: Xᵢ = eᵢ − Σ_{j<i} Aᵢⱼ Xⱼ.
-        var inverse = Matrix(rows: C, columns: C)
-        inverse[0, 0] = 1
-        for i in 1..<C {
-            let coefficients = Matrix(rows: 1, columns: i, Array(A.values[(i * C)..<(i * C + i)]))
-            let above = Matrix(rows: i, columns: C, Array(inverse.values[0..<(i * C)]))
-            let combination = coefficients.times(above)
-            for j in 0..<C { inverse[i, j] = (i == j ? 1 : 0) - combination[0, j] }
-        }
+        let inverse = Self.unitLowerInverse(A)
         var scaledV = V, scaledK = K
         for i in 0..<C {
             for j in 0..<V.columns { scaledV[i, j] = beta[i] * V[i, j] }
             let w = beta[i] * gamma[i]
             for j in 0..<K.columns { scaledK[i, j] = w * K[i, j] }
         }
-        let U0 = inverse.times(scaledV)        // [C, dv]
-        let Kt = inverse.times(scaledK)        // [C, dk]
-        let QK = Q.timesTransposed(K)
+        let UK = inverse.times(Matrix.sideBySide(scaledV, scaledK))
+        let U0 = UK.columns(0, V.columns)                 // [C, dv]
+        let Kt = UK.columns(V.columns, K.columns)         // [C, dk]
         var M = Matrix(rows: C, columns: C)
         for i in 0..<C { for j in 0...i { M[i, j] = Gamma[i, j] * QK[i, j] } }
-        let MKt = M.times(Kt)
+        let MKU = M.times(Matrix.sideBySide(Kt, U0))
+        let MKt = MKU.columns(0, Kt.columns), MU0 = MKU.columns(Kt.columns, U0.columns)
         var Qeff = Q
         for i in 0..<C { for j in 0..<Q.columns { Qeff[i, j] = gamma[i] * Q[i, j] - MKt[i, j] } }
-        let MU0 = M.times(U0)
 
-        let St = S.transposed()                // [dk, dv]
-        let QS = Qeff.times(St), KS = Kt.times(St)
+        let QKS = Matrix.stacked(Qeff, Kt).timesTransposed(S)   // · Sᵀ [dk, dv]
+        let QS = QKS.rows(0, C), KS = QKS.rows(C, C)
         var Y = MU0, U = U0
         for i in 0..<C {
             let ratio = MLXMath.exp(lambda[C - 1] - lambda[i])
@@ -277,6 +256,33 @@ struct GatedDeltaNet {
         var next = S
         for i in 0..<next.values.count { next.values[i] = gamma[C - 1] * S.values[i] + update.values[i] }
         return (Y, next)
+    }
+}
+
+extension GatedDeltaNet {
+    /// `(I + A)⁻¹` for a strictly lower `A` `[C, C]`, row by row: Xᵢ = eᵢ − Σ_{p<i} Aᵢₚ Xₚ, each
+    /// sum from 0 over p in order (the row-vector product the reference BLAS computes), written
+    /// as plain loops: one pass, no copies of the rows above.
+    static func unitLowerInverse(_ A: Matrix) -> Matrix {
+        let C = A.rows
+        var inverse = Matrix(rows: C, columns: C)
+        var combination = [Float](repeating: 0, count: C)
+        A.values.withUnsafeBufferPointer { a in
+            inverse.values.withUnsafeMutableBufferPointer { x in
+                combination.withUnsafeMutableBufferPointer { sum in
+                    x[0] = 1
+                    for i in 1..<C {
+                        for j in 0..<C { sum[j] = 0 }
+                        for p in 0..<i {
+                            let coefficient = a[i * C + p]
+                            for j in 0..<C { sum[j] = sum[j] + coefficient * x[p * C + j] }
+                        }
+                        for j in 0..<C { x[i * C + j] = (i == j ? 1 : 0) - sum[j] }
+                    }
+                }
+            }
+        }
+        return inverse
     }
 }
 
@@ -312,8 +318,50 @@ struct Matrix {
         return out
     }
 
-    /// `self · otherᵀ`.
-    func timesTransposed(_ other: Matrix) -> Matrix { times(other.transposed()) }
+    /// `self · otherᵀ`: the kernel packs `other` transposed, the same panels `other.transposed()`
+    /// would give, so the same bits without the copy.
+    func timesTransposed(_ other: Matrix) -> Matrix {
+        precondition(columns == other.columns, "[Matrix.timesTransposed] \(rows)×\(columns) · (\(other.rows)×\(other.columns))ᵀ")
+        var out = Matrix(rows: rows, columns: other.rows)
+        values.withUnsafeBufferPointer { a in
+            other.values.withUnsafeBufferPointer { b in
+                out.values.withUnsafeMutableBufferPointer { c in
+                    MatrixProduct.timesTransposed(a.baseAddress!, b.baseAddress!, into: c.baseAddress!,
+                                                  m: rows, n: other.rows, k: columns)
+                }
+            }
+        }
+        return out
+    }
+
+    /// `top` over `bottom` (the same column count).
+    static func stacked(_ top: Matrix, _ bottom: Matrix) -> Matrix {
+        precondition(top.columns == bottom.columns, "[Matrix.stacked] \(top.columns) vs \(bottom.columns) columns")
+        return Matrix(rows: top.rows + bottom.rows, columns: top.columns, top.values + bottom.values)
+    }
+
+    /// `left` then `right`, row by row (the same row count).
+    static func sideBySide(_ left: Matrix, _ right: Matrix) -> Matrix {
+        precondition(left.rows == right.rows, "[Matrix.sideBySide] \(left.rows) vs \(right.rows) rows")
+        var out = Matrix(rows: left.rows, columns: left.columns + right.columns)
+        for i in 0..<left.rows {
+            for j in 0..<left.columns { out[i, j] = left[i, j] }
+            for j in 0..<right.columns { out[i, left.columns + j] = right[i, j] }
+        }
+        return out
+    }
+
+    /// Rows `start ..< start + count`.
+    func rows(_ start: Int, _ count: Int) -> Matrix {
+        Matrix(rows: count, columns: columns, Array(values[(start * columns)..<((start + count) * columns)]))
+    }
+
+    /// Columns `start ..< start + count`.
+    func columns(_ start: Int, _ count: Int) -> Matrix {
+        var out = Matrix(rows: rows, columns: count)
+        for i in 0..<rows { for j in 0..<count { out[i, j] = self[i, start + j] } }
+        return out
+    }
 
     func transposed() -> Matrix {
         var out = Matrix(rows: columns, columns: rows)

@@ -62,15 +62,19 @@ struct DecoderLayer {
 /// `Qwen3_5Model`: embed (unless embeddings are given) → layers → final norm.
 struct InnerModel {
     let config: TextConfig
-    let embedTokens: Tensor
+    /// The embedding `[V, D]`; nil when tied, where rows come from the lm head's single copy.
+    let embedTokens: Tensor?
+    let tiedHead: LinearWeight?
     let layers: [DecoderLayer]
     let finalNorm: Tensor
     let faIndex: Int, ssmIndex: Int
     let rotary: MRoPE
 
-    init(config c: TextConfig, weights w: Weights) {
+    /// `tiedHead`: the packed lm head when embeddings are tied; its rows are the embedding's bits.
+    init(config c: TextConfig, weights w: Weights, tiedHead: LinearWeight?) {
         config = c
-        embedTokens = w[WeightNames.embedTokens]
+        self.tiedHead = tiedHead
+        embedTokens = tiedHead == nil ? w[WeightNames.embedTokens] : nil
         layers = c.layerKinds.enumerated().map { DecoderLayer(weights: w, layer: $0, kind: $1, config: c) }
         finalNorm = w[WeightNames.finalNorm]
         faIndex = c.fullAttentionInterval - 1
@@ -87,7 +91,11 @@ struct InnerModel {
                 guard id >= 0, id < config.vocabSize else {
                     throw ForwardError.tokenOutOfRange(row: r, position: t, id: id, vocabSize: config.vocabSize)
                 }
-                data.append(contentsOf: embedTokens.data[(id * D)..<((id + 1) * D)])
+                if let embedTokens {
+                    data.append(contentsOf: embedTokens.data[(id * D)..<((id + 1) * D)])
+                } else {
+                    data.append(contentsOf: tiedHead!.row(id))
+                }
             }
         }
         return Tensor(shape: [ids.count, ids.first?.count ?? 0, D], data: data)
@@ -347,8 +355,10 @@ public final class VLMTextModel: QwenLanguageModel {
     public init(config: TextConfig, multimodal: MultimodalConfig = .libraryDefault, weights: Weights) {
         self.config = config
         self.multimodal = multimodal
-        model = InnerModel(config: config, weights: weights)
+        // The lm head first: with tied embeddings it is the only copy of the embedding, so a
+        // loader reading on demand never holds the raw table beside its packing.
         lmHead = weights.linear(config.tieWordEmbeddings ? WeightNames.embedTokens : WeightNames.lmHead)
+        model = InnerModel(config: config, weights: weights, tiedHead: config.tieWordEmbeddings ? lmHead : nil)
         ropeIndex = RopeIndex(multimodal)
     }
 

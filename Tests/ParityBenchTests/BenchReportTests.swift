@@ -50,4 +50,29 @@ import Testing
         #expect(text.contains("38.00×"))     // prefill 128: 95 / 2.5
         #expect(text.contains("1.10×"))      // RSS / weights of swift-lm
     }
+
+    @Test func logitsCheckComparesEveryEngineWithTheFirst() {
+        let logits = (0..<640).map { Float($0 % 7) - 3 }
+        var shifted = logits
+        shifted[60] += 0.5
+        var other = logits
+        other[639] = 100
+        var a = EngineResult(engine: "swift-lm", description: "a")
+        a.check = LogitsCheck(tokens: 16, logits: logits)
+        var b = EngineResult(engine: "torch", description: "b")
+        b.check = LogitsCheck(tokens: 16, logits: shifted)
+        var c = EngineResult(engine: "mlx", description: "c")
+        c.check = LogitsCheck(tokens: 16, logits: other)
+        #expect(a.check?.stride == 10 && a.check?.sample.count == 64)
+        let lines = BenchReport.checkLines([a, b, c]).joined(separator: "\n")
+        #expect(lines.contains("torch: same argmax (6); max |Δ| 0.5 with max |logit| 3"), "\(lines)")
+        #expect(lines.contains("mlx: argmax 639, not 6"), "\(lines)")
+    }
+
+    @Test func openBLASCoreFollowsTheCPUFlags() {
+        #expect(BenchOptions.bestOpenBLASCore(cpuinfo: "processor : 0\nflags\t\t: fpu sse2 avx2 fma avx512f\n") == "SkylakeX")
+        #expect(BenchOptions.bestOpenBLASCore(cpuinfo: "flags\t\t: fpu sse2 avx avx2 fma bmi2\n") == "Haswell")
+        #expect(BenchOptions.bestOpenBLASCore(cpuinfo: "flags\t\t: fpu sse2 avx\n") == nil)
+        #expect(BenchOptions.bestOpenBLASCore(cpuinfo: nil) == nil)
+    }
 }

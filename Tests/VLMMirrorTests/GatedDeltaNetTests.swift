@@ -125,3 +125,73 @@ import ParityTensor
         }
     }
 }
+
+/// The fast forms of the vlm scan's pieces give the bits of the plain forms they replaced.
+@Suite struct ScanPiecesTests {
+    /// Rows of (I + A)⁻¹ as 1×i by i×C products through MatrixProduct, one row at a time.
+    func inverseByRowProducts(_ A: Matrix) -> Matrix {
+        let C = A.rows
+        var inverse = Matrix(rows: C, columns: C)
+        inverse[0, 0] = 1
+        for i in 1..<C {
+            let coefficients = Matrix(rows: 1, columns: i, Array(A.values[(i * C)..<(i * C + i)]))
+            let above = Matrix(rows: i, columns: C, Array(inverse.values[0..<(i * C)]))
+            let combination = coefficients.times(above)
+            for j in 0..<C { inverse[i, j] = (i == j ? 1 : 0) - combination[0, j] }
+        }
+        return inverse
+    }
+
+    @Test func unitLowerInverseMatchesRowProductsBitForBit() {
+        let C = GatedDeltaNet.chunk
+        let values = randomTensor([C, C], seed: 91, range: -0.3...0.3).data
+        var A = Matrix(rows: C, columns: C)
+        for i in 0..<C { for j in 0..<i { A[i, j] = values[i * C + j] } }
+        let fast = GatedDeltaNet.unitLowerInverse(A), plain = inverseByRowProducts(A)
+        #expect(fast.values.map(\.bitPattern) == plain.values.map(\.bitPattern))
+    }
+
+    @Test func timesTransposedMatchesAnExplicitTranspose() {
+        let a = Matrix(rows: 7, columns: 33, randomTensor([7, 33], seed: 5).data)
+        let b = Matrix(rows: 70, columns: 33, randomTensor([70, 33], seed: 6).data)
+        #expect(a.timesTransposed(b).values.map(\.bitPattern) == a.times(b.transposed()).values.map(\.bitPattern))
+    }
+
+    /// The shared kernel runs mlx-vlm's one-token step: the scalar loop it replaced, bit for bit.
+    @Test func sequentialStepMatchesTheScalarOpsBitForBit() throws {
+        let c = try tinyConfig()
+        let net = GatedDeltaNet(weights: try randomWeights(c), layer: 0, config: c)
+        let (B, S, Hk, Hv, d) = (2, 5, 1, 2, 16)
+        let q = randomTensor([B, S, Hk, d], seed: 11), k = randomTensor([B, S, Hk, d], seed: 12, range: -0.25...0.25)
+        let v = randomTensor([B, S, Hv, d], seed: 13), g = randomTensor([B, S, Hv], seed: 14, range: 0.3...1)
+        let beta = randomTensor([B, S, Hv], seed: 15, range: 0...1)
+        let mask = (0..<(B * S)).map { $0 % 4 != 1 }
+        var state = randomTensor([B, Hv, d, d], seed: 16)
+        var scalarState = state
+        let y = net.sequentialDeltaRule(q: q, k: k, v: v, g: g, beta: beta, state: &state, mask: mask)
+        var expected = [Float](repeating: 0, count: B * S * Hv * d)
+        for b in 0..<B { for h in 0..<Hv {
+            let base = (b * Hv + h) * d * d
+            for t in 0..<S {
+                let old = Array(scalarState.data[base..<(base + d * d)])
+                let kBase = ((b * S + t) * Hk + h / (Hv / Hk)) * d, vBase = ((b * S + t) * Hv + h) * d
+                let (decay, rate) = (g.data[(b * S + t) * Hv + h], beta.data[(b * S + t) * Hv + h])
+                var memory = [Float](repeating: 0, count: d)
+                for i in 0..<d {
+                    var m: Float = 0
+                    for j in 0..<d { scalarState.data[base + i * d + j] *= decay; m += scalarState.data[base + i * d + j] * k.data[kBase + j] }
+                    memory[i] = m
+                }
+                for i in 0..<d {
+                    let delta = (v.data[vBase + i] - memory[i]) * rate
+                    var out: Float = 0
+                    for j in 0..<d { scalarState.data[base + i * d + j] += k.data[kBase + j] * delta; out += scalarState.data[base + i * d + j] * q.data[kBase + j] }
+                    expected[vBase + i] = out
+                }
+                if !mask[b * S + t] { scalarState.data.replaceSubrange(base..<(base + d * d), with: old) }
+            }
+        } }
+        #expect(y.data.map(\.bitPattern) == expected.map(\.bitPattern))
+        #expect(state.data.map(\.bitPattern) == scalarState.data.map(\.bitPattern))
+    }
+}
