@@ -89,6 +89,7 @@ def make_published(args, directory: Path) -> None:
            "qwen3_5_moe": transformers.Qwen3_5MoeForConditionalGeneration}[spec.model_type]
     config_cls = {"qwen3_5": transformers.Qwen3_5Config, "qwen3_5_moe": transformers.Qwen3_5MoeConfig}[spec.model_type]
     config = config_cls(**{k: v for k, v in spec.config.items() if k not in ("architectures", "model_type")})
+    torch.manual_seed(args.seed)   # transformers' own init (A_log) draws from the global generator
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         model = cls(config)

@@ -14,9 +14,11 @@ public enum Absence: Equatable, Sendable {
 }
 
 extension InvariantRegistry {
-    /// Invariants that need only the mlx-lm paths of a golden; every other one needs mlx-vlm.
+    /// Invariants that need only the mlx-lm paths of a golden (and the oracle's, which holds them
+    /// to each other); every other one needs mlx-vlm.
     static let textOnlyInvariants: Set<String> = [
         "golden-lm", "lm-uncached-vs-cached", "lm-prefill-vs-prefix-decode", "lm-chunked-sweep", "lm-batch-vs-single",
+        OracleReport.invariantID,
     ]
     /// Invariants that need the unified model but no mlx-vlm path in the golden.
     static let unifiedTextInvariants: Set<String> = ["unified-text-vs-lm"]
@@ -45,7 +47,8 @@ extension InvariantRegistry {
             for id in needsVLM { out[id] = .coverageGap(reason) }
         } else if !golden.file.exists("/vision") {
             out["vision-image-alone-vs-batched"] = .coverageGap("the golden holds no image prompt through the checkpoint's "
-                + "own vision tower (make_golden.py --from-model does not write them yet): a coverage gap, not a pass")
+                + "own vision tower (make_golden.py --from-model writes them for float32, unquantized directories; "
+                + "regenerate it): a coverage gap, not a pass")
         }
         return out
     }
