@@ -155,26 +155,14 @@ public struct Freshness: Sendable, Equatable {
             }
         }
         if let requirements = sources.requirements, let text = try? String(contentsOfFile: requirements, encoding: .utf8) {
-            for (package, version) in pins(text).sorted(by: { $0.key < $1.key }) {
-                guard let key = pinnedKeys[package] else { continue }
-                let recorded = provenance.versions[key] ?? "(not recorded)"
-                if recorded != version {
-                    f.changes.append("\(package): golden made with \(recorded), \(URL(fileURLWithPath: requirements).lastPathComponent) pins \(version)")
-                }
-            }
+            f.changes += pinChanges(text, keys: pinnedKeys, file: URL(fileURLWithPath: requirements).lastPathComponent, provenance)
         } else {
             f.unverified.append("versions not checked against the pins (no tools/requirements.txt found; pass --requirements)")
         }
         if provenance.components["/oracle"] != nil, let requirements = sources.requirements {
             let oracle = URL(fileURLWithPath: requirements).deletingLastPathComponent().appendingPathComponent(oracleRequirements).path
             if let text = try? String(contentsOfFile: oracle, encoding: .utf8) {
-                for (package, version) in pins(text).sorted(by: { $0.key < $1.key }) {
-                    guard let key = oraclePinnedKeys[package] else { continue }
-                    let recorded = provenance.versions[key] ?? "(not recorded)"
-                    if recorded != version {
-                        f.changes.append("\(package): golden made with \(recorded), \(oracleRequirements) pins \(version)")
-                    }
-                }
+                f.changes += pinChanges(text, keys: oraclePinnedKeys, file: oracleRequirements, provenance)
             } else {
                 f.unverified.append("oracle versions not checked (no \(oracle))")
             }
@@ -221,6 +209,15 @@ public struct Freshness: Sendable, Equatable {
             manifest += file.relative + "\0" + (try SHA256.hex(fileAt: file.path)) + "\n"
         }
         return SHA256.hex(Data(manifest.utf8))
+    }
+
+    /// Each pinned package whose recorded version differs from the pin in `file`.
+    static func pinChanges(_ text: String, keys: [String: String], file: String, _ provenance: GoldenProvenance) -> [String] {
+        pins(text).sorted(by: { $0.key < $1.key }).compactMap { package, version in
+            guard let key = keys[package] else { return nil }
+            let recorded = provenance.versions[key] ?? "(not recorded)"
+            return recorded == version ? nil : "\(package): golden made with \(recorded), \(file) pins \(version)"
+        }
     }
 
     /// `name==version` lines of a requirements file (comments and other specifiers ignored).
