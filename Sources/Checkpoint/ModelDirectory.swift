@@ -164,8 +164,13 @@ public struct ModelDirectory: Sendable {
             guard let origin = stored(name) else { return error }
             return CheckpointError.tensorDisagreesWithConfig(file: origin.file, tensor: origin.tensor,
                 reason: "holds a NaN or Inf at flat index \(index)")
-        case .missing:
-            return error
+        case let .missing(source, name):
+            // In the published layout the key the directory lacks is not the runtime name.
+            guard owner.keys.contains(where: { $0.hasPrefix("model.language_model") }),
+                  name.hasPrefix("language_model.model") else { return error }
+            let storedName = "model.language_model" + name.dropFirst("language_model.model".count)
+            return CheckpointError.tensorDisagreesWithConfig(file: source, tensor: storedName,
+                reason: "missing: config.json implies it ('\(name)' after sanitize)")
         }
     }
 

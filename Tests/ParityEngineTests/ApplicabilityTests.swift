@@ -39,7 +39,7 @@ import Testing
         #expect(rows.filter { $0.verdict == .pass }.map(\.invariant).sorted()
                 == (InvariantRegistry.textOnlyInvariants.union(["unified-text-vs-lm"])).sorted())
         #expect(rows.filter { $0.verdict == .notApplicable }.count == Self.visionInvariants.count)
-        #expect(TextReport.summary(rows).hasPrefix("6 passed, 0 failed, 8 not applicable"))
+        #expect(TextReport.summary(rows).hasPrefix("7 passed, 0 failed, 8 not applicable"))
     }
 
     @Test func multimodalCheckpointWithoutVLMPathsIsACoverageGap() throws {

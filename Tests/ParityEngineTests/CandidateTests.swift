@@ -216,7 +216,7 @@ import Testing
         process.executableURL = python
         process.arguments = [root.appendingPathComponent("tools/make_golden.py").path, "--config",
                              root.appendingPathComponent("tools/configs/tiny-dense.json").path, "--out", out.path,
-                             "--scenarios", "full_prefill,chunked_prefill_5", "--vlm-extras", "vectors,sweeps,vision",
+                             "--scenarios", "full_prefill,chunked_prefill_5", "--vlm-extras", "vectors,sweeps,vision", "--oracle", "off",
                              "--candidate", root.appendingPathComponent(adapter).path]
         let log = dir.appendingPathComponent("generator.log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)

@@ -171,12 +171,15 @@ extension BadInputCorpus {
                 try JSONSerialization.data(withJSONObject: config).write(to: url)
             }
         }
-        add("vision-weights-without-vision-config", ["model.safetensors", "vision_tower.blocks.0.norm1.weight", "vision_config"]) { dir in
+        // Only a text-only directory can lack the vision_config its vision weights need.
+        let multimodal = ((try? JSONSerialization.jsonObject(with: Data(contentsOf: checkpoint.appendingPathComponent("config.json"))))
+            as? [String: Any])?["vision_config"] != nil
+        if !multimodal { add("vision-weights-without-vision-config", ["model.safetensors", "vision_tower.blocks.0.norm1.weight", "vision_config"]) { dir in
             var edited = parts
             edited.entries["vision_tower.blocks.0.norm1.weight"] = ["dtype": "F32", "shape": [4], "data_offsets": [0, 16]]
             // The new entry's bytes are the data section's first 16: their values do not matter.
             try write(try edited.file(), dir, "model.safetensors")
-        }
+        } }
         return out
     }
 }
