@@ -46,7 +46,7 @@ parity: build
 ## golden: regenerate golden/*.h5 and golden/checkpoints/* from the pinned reference packages
 ## (or one golden: CONFIG=FILE [OUT=FILE] [SEED=N] [ORACLE=off]); a change needs REASON="..." (kept in
 ## history_json). Random-weight goldens hold the float64 oracle (torch, installed by venv-torch)
-## unless ORACLE=off.
+## unless ORACLE=off (then oracle-error-ratio has nothing to run on: NOT RUN, a coverage gap).
 ## CANDIDATE=adapter.py [CANDIDATE_PYTHON=PY] adds a user's implementation as the path
 ## candidate:<name> (tools/golden_candidates.py); such goldens go to reports/candidates/, never golden/
 CANDIDATE_OUT = reports/candidates/$(basename $(notdir $(CONFIG)))-$(basename $(notdir $(CANDIDATE))).h5

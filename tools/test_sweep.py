@@ -203,6 +203,11 @@ class Classify(unittest.TestCase):
         o = classify(GEN_OK, Step(1), rows)
         self.assertEqual((o.status, len(o.apart)), ("FAIL", 0))
 
+    def test_the_oracle_invariant_without_an_oracle_is_expected_not_listed(self):
+        rows = OK_ROWS + [row("oracle-error-ratio", "NOT RUN", None, detail="no golden given holds what this invariant needs")]
+        o = classify(GEN_OK, Step(1), rows)
+        self.assertEqual((o.status, len(o.not_run), len(o.without_oracle)), ("PASS", 0, 1))
+
     def test_not_run_rows_are_counted_apart(self):
         rows = [row("golden-lm"), row("unified-image-vs-vlm", "NOT RUN", None, detail="nothing to compare")]
         o = classify(GEN_OK, Step(1), rows)
