@@ -24,6 +24,7 @@ import numpy as np
 import mlx.core as mx
 
 from .provenance import component
+from .scenarios import generate_step_calls
 
 GROUP = "/library_distances"
 # Upstream's tests allow 1e-4 for prefill/decode consistency and chunked MRoPE prefill
@@ -34,16 +35,6 @@ CHUNK_SWEEP_CASES = ("chunk_boundary", "chunk_later", "image_prompt")
 PREFIX_TAILS = (1, 4)
 PREFIX_DECODES = 3
 SWEEP_DECODES = 2
-
-
-def generate_calls(prompt_len: int, step: int) -> list[int]:
-    """mlx_lm.generate's prompt chunking: chunks of min(step, remaining - 1), the last token alone."""
-    calls, remaining = [], prompt_len
-    while remaining > 1:
-        n = min(step, remaining - 1)
-        calls.append(n)
-        remaining -= n
-    return calls + [1]
 
 
 def distance(run: np.ndarray, whole: np.ndarray) -> dict:
@@ -130,7 +121,7 @@ def measure(lm, store: dict, text_prompt: np.ndarray) -> dict[str, list[dict]]:
         decode = c.decode_tokens(PREFIX_DECODES)[:SWEEP_DECODES]
         whole = c.run(lm, [c.L], decode)
         for step in range(1, c.L + 1):
-            calls = generate_calls(c.L, step)
+            calls = generate_step_calls(c.L, step)
             sweep.append({"label": f"{c.name} step {step} {calls}", **distance(c.run(lm, calls, decode), whole)})
     return {"unified-mrope-prefix-decode": prefix_decode, "unified-mrope-chunked-sweep": sweep}
 

@@ -32,6 +32,7 @@ from mlx_vlm.models.qwen3_vl.processing_qwen3_vl import Qwen3VLImageProcessor
 from .configs import ConfigError
 from .errors import GoldenError, library
 from .provenance import component
+from .recording import Recorder
 
 # The tower of configs without a vision_config of their own.
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "vision" / "tiny-vision.json"
@@ -91,22 +92,6 @@ def default_out_hidden_size(model_type: str) -> int:
     """mlx-vlm's VisionConfig default, which a vision_config without the key gets."""
     module = importlib.import_module(f"mlx_vlm.models.{model_type}.config")
     return module.VisionConfig().out_hidden_size
-
-
-class Recorder:
-    """Stands in for a module and records the output of every call."""
-
-    def __init__(self, module, sink: list):
-        self._module = module
-        self._sink = sink
-
-    def __getattr__(self, name):
-        return getattr(self._module, name)
-
-    def __call__(self, *args, **kwargs):
-        out = self._module(*args, **kwargs)
-        self._sink.append(out)
-        return out
 
 
 @contextmanager
