@@ -6,9 +6,10 @@ import ParityTensor
 // and model*.safetensors, float weights in F32/F16/BF16 and affine-quantized modules stored as
 // `<module>.weight` (U32, packed) + `<module>.scales` + `<module>.biases`. Loaded the way
 // mlx_lm.utils.load_model does: every model*.safetensors file, sanitize, then each quantized
-// module with the config's per-module entry or parameters inferred from the shapes. Unlike mlx,
-// everything ends up float32: bf16/f16 are widened exactly, quantized weights are dequantized
-// (w = s·q + β, in the scales' dtype, bit for bit as mx.dequantize).
+// module with the config's per-module entry or parameters inferred from the shapes. Like mlx,
+// matrices stay in their stored form (memory-mapped, so a 4-bit model takes 4 bits a weight):
+// products decode them a panel at a time, bf16/f16 widened exactly and quantized weights
+// dequantized (w = s·q + β, in the scales' dtype, bit for bit as mx.dequantize).
 
 public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     case notADirectory(String)
@@ -124,10 +125,10 @@ public struct ModelDirectory: Sendable {
             throw CheckpointError.visionWeightsWithoutVisionConfig(file: owner[vision]!.source, tensor: vision, config: source)
         }
 
-        let loaded = try Self.widenAndDequantize(owner, config: config, quantization: quantization, source: path)
+        let loaded = try Self.storedTensors(owner, config: config, quantization: quantization, source: path)
         let sanitized = Sanitize.mlxLM(loaded.tensors, modelType: modelType, config: config)
         do {
-            weights = try Weights(sanitized.mapValues(\.tensor), config: config, source: path)
+            weights = try Weights(values: sanitized.mapValues(\.value), config: config, source: path)
         } catch let error as WeightError {
             throw Self.naming(error, owner: owner)
         }
@@ -174,9 +175,11 @@ public struct ModelDirectory: Sendable {
         }
     }
 
-    /// Every stored tensor as float32: floats widened, quantized triples dequantized.
-    static func widenAndDequantize(_ owner: [String: SafetensorsFile], config: TextConfig,
-                                   quantization: QuantizationConfig?, source: String)
+    /// Every stored tensor: quantized triples and float matrices left in their stored form (read
+    /// in place, decoded where used, bit for bit as mx.dequantize and the exact widening give
+    /// them), small tensors widened to float32.
+    static func storedTensors(_ owner: [String: SafetensorsFile], config: TextConfig,
+                              quantization: QuantizationConfig?, source: String)
         throws -> (tensors: [String: SourceTensor], quantized: [String: Int]) {
         let expectedShapes = Dictionary(WeightNames.expected(for: config).map { ($0.name, $0.shape) },
                                         uniquingKeysWith: { a, _ in a })
@@ -193,10 +196,15 @@ public struct ModelDirectory: Sendable {
                 throw QuantizationError.incompleteTriple(source: source, module: module, missing: biasesName)
             }
             let scalesFile = owner[name]!
-            let packed = try weightFile.uint32s(weightName)
-            let scalesEntry = try scalesFile.entry(name)
-            let scales = try scalesFile.floats(name)
-            let biases = try biasesFile.floats(biasesName)
+            let packed = try weightFile.entry(weightName)
+            guard packed.dtype == .u32 else {
+                throw SafetensorsError.wrongDType(file: weightFile.source, tensor: weightName, found: packed.dtype.rawValue, wanted: "U32")
+            }
+            let scales = try scalesFile.entry(name), biases = try biasesFile.entry(biasesName)
+            for (file, entry) in [(scalesFile, scales), (biasesFile, biases)] where !entry.dtype.isFloat || entry.dtype != scales.dtype {
+                throw SafetensorsError.wrongDType(file: file.source, tensor: entry.name, found: entry.dtype.rawValue,
+                                                  wanted: scales.dtype.isFloat ? scales.dtype.rawValue : "F32, F16 or BF16")
+            }
             // The per-module key is the module path after sanitize (mlx quantizes the built model).
             let runtimeModule = Sanitize.runtimeName(module) ?? module
             let inputDim = Sanitize.runtimeName(weightName).flatMap { expectedShapes[$0]?.last }
@@ -205,19 +213,49 @@ public struct ModelDirectory: Sendable {
             }
             let parameters = try quantization.parameters(module: runtimeModule, inputDim: inputDim, packedLastDim: packed.shape.last ?? 0,
                             scalesLastDim: scales.shape.last ?? 0, source: source)
-            let dense = try AffineQuantization.dequantize(
-                packed: packed.values, packedShape: packed.shape, scales: scales, biases: biases,
-                parameters: parameters, arithmetic: ScaleArithmetic(scalesEntry.dtype),
-                module: runtimeModule, source: source)
-            tensors[weightName] = SourceTensor(dense, dtype: scalesEntry.dtype)
+            let shape = try AffineQuantization.unpackedShape(packedShape: packed.shape, scalesShape: scales.shape,
+                                                             biasesShape: biases.shape, parameters: parameters,
+                                                             module: runtimeModule, source: source)
+            let columns = shape.last!
+            let matrix = EncodedMatrix(
+                owner: KeepAlive([weightFile.owner, scalesFile.owner, biasesFile.owner]),
+                values: weightFile.address(of: packed), scales: scalesFile.address(of: scales), biases: biasesFile.address(of: biases),
+                rows: shape.dropLast().reduce(1, *), columns: columns,
+                encoding: .affine(bits: parameters.bits, groupSize: parameters.groupSize, scales: scaleType(scales.dtype)))
+            tensors[weightName] = SourceTensor(.encoded(matrix, shape: shape), dtype: scales.dtype)
             quantizedCounts[parameters.description, default: 0] += 1
             consumed.formUnion([name, weightName, biasesName])
         }
         for (name, file) in owner where !consumed.contains(name) {
             let entry = try file.entry(name)
             guard entry.dtype.isFloat else { throw CheckpointError.strayPackedWeight(source: file.source, name: name) }
-            tensors[name] = SourceTensor(try file.floats(name), dtype: entry.dtype)
+            if keepsStoredForm(name, entry) {
+                tensors[name] = SourceTensor(.encoded(try file.matrix(name), shape: entry.shape), dtype: entry.dtype)
+            } else {
+                tensors[name] = SourceTensor(try file.floats(name), dtype: entry.dtype)
+            }
         }
         return (tensors, quantizedCounts)
     }
+
+    /// Projections and embeddings stay in their stored form; norms, biases and the depthwise
+    /// conv (which sanitize may move or shift) are widened.
+    static func keepsStoredForm(_ name: String, _ entry: SafetensorsEntry) -> Bool {
+        entry.shape.count >= 2 && name.hasSuffix(".weight") && !name.contains("conv1d") && entry.count >= 4096
+    }
+
+    static func scaleType(_ dtype: SafetensorsDType) -> EncodedMatrix.ScaleType {
+        switch dtype {
+        case .bf16: return .bfloat16
+        case .f16: return .float16
+        default: return .float32
+        }
+    }
+}
+
+/// Keeps the files a quantized matrix reads from mapped (its weight, scales and biases may live
+/// in different shards).
+final class KeepAlive: @unchecked Sendable {
+    let objects: [AnyObject]
+    init(_ objects: [AnyObject]) { self.objects = objects }
 }

@@ -208,9 +208,10 @@ public enum AffineQuantization {
 
     /// Unpacks and rescales `packed` `[…, out, in·bits/32]` with `scales`/`biases` `[…, out, in/g]`
     /// into `[…, out, in]`. Shapes are checked; a mismatch throws with `module` in the message.
-    public static func dequantize(packed: [UInt32], packedShape: [Int], scales: Tensor, biases: Tensor,
-                                  parameters p: QuantizationParameters, arithmetic: ScaleArithmetic,
-                                  module: String, source: String) throws -> Tensor {
+    /// The unquantized shape `[…, out, in]` of a packed weight, once the stored shapes are checked
+    /// against each other and against `p`; a mismatch throws with `module` in the message.
+    public static func unpackedShape(packedShape: [Int], scalesShape: [Int], biasesShape: [Int],
+                                     parameters p: QuantizationParameters, module: String, source: String) throws -> [Int] {
         func fail(_ reason: String) -> QuantizationError {
             .shapeMismatch(source: source, module: module, reason: reason)
         }
@@ -222,10 +223,21 @@ public enum AffineQuantization {
         guard inputDim % p.groupSize == 0 else { throw fail("input dim \(inputDim) is not a multiple of group size \(p.groupSize)") }
         let groups = inputDim / p.groupSize
         let lead = Array(packedShape.dropLast())
-        guard scales.shape == lead + [groups] else {
-            throw fail("scales have shape \(scales.shape), expected \(lead + [groups]) for \(p)")
+        guard scalesShape == lead + [groups] else {
+            throw fail("scales have shape \(scalesShape), expected \(lead + [groups]) for \(p)")
         }
-        guard biases.shape == scales.shape else { throw fail("biases have shape \(biases.shape), scales \(scales.shape)") }
+        guard biasesShape == scalesShape else { throw fail("biases have shape \(biasesShape), scales \(scalesShape)") }
+        return lead + [inputDim]
+    }
+
+    public static func dequantize(packed: [UInt32], packedShape: [Int], scales: Tensor, biases: Tensor,
+                                  parameters p: QuantizationParameters, arithmetic: ScaleArithmetic,
+                                  module: String, source: String) throws -> Tensor {
+        let shape = try unpackedShape(packedShape: packedShape, scalesShape: scales.shape, biasesShape: biases.shape,
+                                      parameters: p, module: module, source: source)
+        let inputDim = shape.last!, groups = inputDim / p.groupSize
+        let lead = Array(shape.dropLast())
+        let wordsPerRow = packedShape.last!
         let rows = lead.reduce(1, *)
         precondition(packed.count == rows * wordsPerRow, "[dequantize] \(packed.count) words for \(packedShape)")
 

@@ -73,26 +73,26 @@ public struct SafetensorsFile: Sendable {
     public let source: String
     public let metadata: [String: String]
     public let entries: [String: SafetensorsEntry]
-    private let bytes: Data
+    private let store: ByteStore
     private let dataStart: Int
 
     public var names: [String] { entries.keys.sorted() }
 
+    /// The file memory-mapped: tensors are read in place, and pages no tensor is read from stay on disk.
     public static func open(_ path: String) throws -> SafetensorsFile {
-        let data: Data
-        do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
-        } catch {
-            throw SafetensorsError.unreadable(file: path, reason: error.localizedDescription)
-        }
-        return try SafetensorsFile(bytes: data, source: path)
+        try SafetensorsFile(store: ByteStore(mapping: path), source: path)
     }
 
     public init(bytes: Data, source: String) throws {
+        try self.init(store: ByteStore(copying: bytes), source: source)
+    }
+
+    init(store: ByteStore, source: String) throws {
         self.source = source
-        self.bytes = bytes
+        self.store = store
+        let bytes = store.buffer
         guard bytes.count >= 8 else { throw SafetensorsError.truncated(file: source, size: bytes.count) }
-        let headerLength = bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self)) }
+        let headerLength = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
         let available = bytes.count - 8
         guard headerLength <= UInt64(available) else {
             throw SafetensorsError.headerLengthExceedsFile(file: source, headerLength: headerLength, available: available)
@@ -103,7 +103,7 @@ public struct SafetensorsFile: Sendable {
         let n = Int(headerLength)
         dataStart = 8 + n
         let dataSize = bytes.count - dataStart
-        let headerBytes = bytes.subdata(in: (bytes.startIndex + 8)..<(bytes.startIndex + dataStart))
+        let headerBytes = Data(bytes[8..<dataStart])
         let parsed: Any
         do {
             parsed = try JSONSerialization.jsonObject(with: headerBytes)
@@ -208,7 +208,8 @@ public struct SafetensorsFile: Sendable {
         let count = e.count
         let base = dataStart + e.begin
         var out = [Float](repeating: 0, count: count)
-        bytes.withUnsafeBytes { raw in
+        do {
+            let raw = store.buffer
             switch e.dtype {
             case .f32:
                 for i in 0..<count {
@@ -236,9 +237,29 @@ public struct SafetensorsFile: Sendable {
             throw SafetensorsError.wrongDType(file: source, tensor: name, found: e.dtype.rawValue, wanted: "U32")
         }
         let base = dataStart + e.begin
-        let values = bytes.withUnsafeBytes { raw in
-            (0..<e.count).map { UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: base + 4 * $0, as: UInt32.self)) }
-        }
+        let raw = store.buffer
+        let values = (0..<e.count).map { UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: base + 4 * $0, as: UInt32.self)) }
         return (e.shape, values)
+    }
+
+    /// Where a tensor's bytes start, in place; valid while `owner` lives.
+    func address(of e: SafetensorsEntry) -> UnsafeRawPointer { store.base + dataStart + e.begin }
+
+    /// What keeps the bytes alive.
+    var owner: AnyObject { store }
+
+    /// A floating-point weight `[…, K]` as `[count / K, K]` rows, read in place and decoded where used.
+    public func matrix(_ name: String) throws -> EncodedMatrix {
+        let e = try entry(name)
+        let encoding: EncodedMatrix.Encoding
+        switch e.dtype {
+        case .f32: encoding = .float32
+        case .bf16: encoding = .bfloat16
+        case .f16: encoding = .float16
+        case .u32: throw SafetensorsError.wrongDType(file: source, tensor: name, found: e.dtype.rawValue, wanted: "F32, F16 or BF16")
+        }
+        let columns = e.shape.last ?? 1
+        return EncodedMatrix(owner: store, values: address(of: e), rows: columns == 0 ? 0 : e.count / columns,
+                             columns: columns, encoding: encoding)
     }
 }

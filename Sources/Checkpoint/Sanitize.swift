@@ -7,15 +7,28 @@ import ParityTensor
 // its conv1d moved to [C, K, 1], its zero-centred norms shifted by +1, and (MoE) its fused
 // experts split.
 
-/// A checkpoint tensor widened to float32, with the dtype it was stored in (arithmetic the
-/// reference does in that dtype, like the norm +1, is rounded back to it).
-public struct SourceTensor: Sendable, Equatable {
-    public var tensor: Tensor
+/// A checkpoint tensor (float32 in memory, or a matrix left in its stored form), with the dtype
+/// it was stored in (arithmetic the reference does in that dtype, like the norm +1, is rounded
+/// back to it).
+public struct SourceTensor: Sendable {
+    public var value: WeightValue
     public var dtype: SafetensorsDType
 
     public init(_ tensor: Tensor, dtype: SafetensorsDType) {
-        self.tensor = tensor
+        self.init(.dense(tensor), dtype: dtype)
+    }
+
+    public init(_ value: WeightValue, dtype: SafetensorsDType) {
+        self.value = value
         self.dtype = dtype
+    }
+
+    public var shape: [Int] { value.shape }
+
+    /// The float32 values (an encoded matrix is decoded: sanitize only transforms small tensors).
+    public var tensor: Tensor {
+        get { value.tensor }
+        set { value = .dense(newValue) }
     }
 }
 
@@ -50,13 +63,13 @@ public enum Sanitize {
             for l in 0..<config.numHiddenLayers {
                 let prefix = "language_model.model.layers.\(l).mlp"
                 guard let gateUp = renamed.removeValue(forKey: prefix + ".experts.gate_up_proj") else { continue }
-                let axis = gateUp.tensor.rank - 2
-                let mid = gateUp.tensor.shape[axis] / 2
+                let fused = gateUp.tensor
+                let axis = fused.rank - 2
+                let mid = fused.shape[axis] / 2
                 renamed[prefix + ".switch_mlp.gate_proj.weight"] =
-                    SourceTensor(gateUp.tensor.slice(axis: axis, start: 0, length: mid), dtype: gateUp.dtype)
+                    SourceTensor(fused.slice(axis: axis, start: 0, length: mid), dtype: gateUp.dtype)
                 renamed[prefix + ".switch_mlp.up_proj.weight"] =
-                    SourceTensor(gateUp.tensor.slice(axis: axis, start: mid, length: gateUp.tensor.shape[axis] - mid),
-                                 dtype: gateUp.dtype)
+                    SourceTensor(fused.slice(axis: axis, start: mid, length: fused.shape[axis] - mid), dtype: gateUp.dtype)
                 if let down = renamed.removeValue(forKey: prefix + ".experts.down_proj") {
                     renamed[prefix + ".switch_mlp.down_proj.weight"] = down
                 }
@@ -67,15 +80,15 @@ public enum Sanitize {
 
     /// TextModel.sanitize: computed on the keys before `mtp.` ones are dropped, like mlx-lm.
     static func textModel(_ weights: [String: SourceTensor], config: TextConfig) -> [String: SourceTensor] {
-        let hasUnsanitizedConv = weights.contains { $0.key.contains("conv1d.weight") && $0.value.tensor.shape.last != 1 }
+        let hasUnsanitizedConv = weights.contains { $0.key.contains("conv1d.weight") && $0.value.shape.last != 1 }
         var out = weights.filter { !$0.key.contains("mtp.") }
         if config.tieWordEmbeddings { out.removeValue(forKey: "lm_head.weight") }
         for (key, value) in out {
             var v = value
-            if key.contains("conv1d.weight"), v.tensor.shape.last != 1 {
+            if key.contains("conv1d.weight"), v.shape.last != 1 {
                 v.tensor = moveLastAxisToSecond(v.tensor)
             }
-            if hasUnsanitizedConv, normSuffixes.contains(where: { key.hasSuffix($0) }), v.tensor.rank == 1 {
+            if hasUnsanitizedConv, normSuffixes.contains(where: { key.hasSuffix($0) }), v.shape.count == 1 {
                 // `v + 1.0` in the stored dtype: a bf16 weight stays bf16, so the sum is rounded.
                 v.tensor.data = v.tensor.data.map { roundTo(v.dtype, $0 + 1) }
             }

@@ -57,8 +57,8 @@ struct DecoderLayer {
 /// The mlx-lm text model: embed → decoder layers → final norm → lm head (or tied embeddings).
 public final class LMTextModel: QwenLanguageModel {
     public let config: TextConfig
-    /// The embedding `[V, D]`; nil when tied, where rows come from the lm head's single copy.
-    private let embedTokens: Tensor?
+    /// The embedding `[V, D]`, read a row at a time; tied, the lm head's own copy.
+    private let embedTable: LinearWeight
     let layers: [DecoderLayer]
     private let finalNorm: Tensor
     let lmHead: LinearWeight
@@ -69,10 +69,10 @@ public final class LMTextModel: QwenLanguageModel {
         self.config = config
         if config.tieWordEmbeddings {
             lmHead = weights.linear(WeightNames.embedTokens)
-            embedTokens = nil
+            embedTable = lmHead
         } else {
             lmHead = weights.linear(WeightNames.lmHead)
-            embedTokens = weights[WeightNames.embedTokens]
+            embedTable = weights.linear(WeightNames.embedTokens)
         }
         layers = config.layerKinds.enumerated().map { i, kind in
             DecoderLayer(weights: weights, layer: i, kind: kind, config: config)
@@ -151,11 +151,7 @@ public final class LMTextModel: QwenLanguageModel {
                     guard id >= 0, id < config.vocabSize else {
                         throw ForwardError.tokenOutOfRange(row: r, position: t, id: id, vocabSize: config.vocabSize)
                     }
-                    if let embedTokens {
-                        data.append(contentsOf: embedTokens.data[(id * D)..<((id + 1) * D)])
-                    } else {
-                        data.append(contentsOf: lmHead.row(id))
-                    }
+                    data.append(contentsOf: embedTable.row(id))
                 }
             }
             return Tensor(shape: [rows.count, L, D], data: data)

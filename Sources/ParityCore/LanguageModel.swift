@@ -88,7 +88,13 @@ public final class TraceRecorder: TraceSink {
 
     public func wantsSubSteps(layer: Int) -> Bool { subStepLayers.contains(layer) }
 
-    public func record(_ key: TraceKey, _ tensor: Tensor) { records[key, default: []].append(tensor) }
+    /// Told each layer's index as its output is recorded (progress on long work).
+    public var onLayer: ((Int) -> Void)?
+
+    public func record(_ key: TraceKey, _ tensor: Tensor) {
+        records[key, default: []].append(tensor)
+        if case .layerOutput(let i) = key { onLayer?(i) }
+    }
 
     /// The tensors recorded under `key`, joined along `timeAxis` (1 for `[B, L, …]` activations).
     public func joined(_ key: TraceKey, timeAxis: Int = 1) -> Tensor? {

@@ -132,13 +132,15 @@ struct PackedPanels: Sendable {
 }
 
 /// A weight `W [N, K]` held once, in the layout its backend multiplies fastest: packed panels
-/// for the in-order kernel, row-major `[N, K]` for OpenBLAS (`x Wᵀ` as a transposed sgemm).
+/// for the in-order kernel, row-major `[N, K]` for OpenBLAS (`x Wᵀ` as a transposed sgemm), or
+/// as the checkpoint stores it (`EncodedMatrix`), decoded a panel at a time by the in-order kernel.
 public struct LinearWeight: Sendable {
     public let outputs: Int   // N
     public let inputs: Int    // K
     public let backend: MatrixProduct.Backend
     private let panels: PackedPanels?
     private let rowMajor: [Float]?
+    private let encoded: EncodedMatrix?
 
     public init(_ weight: Tensor, backend: MatrixProduct.Backend = MatrixProduct.backend) {
         precondition(weight.rank == 2, "[LinearWeight] weight shape \(weight.shape)")
@@ -154,21 +156,35 @@ public struct LinearWeight: Sendable {
             panels = nil
             rowMajor = weight.data
         }
+        encoded = nil
+    }
+
+    /// A weight kept in its stored form. Products always run the in-order kernel (the bits
+    /// of the dense product), whatever the backend.
+    public init(encoded matrix: EncodedMatrix) {
+        outputs = matrix.rows
+        inputs = matrix.columns
+        backend = .sequential
+        panels = nil
+        rowMajor = nil
+        encoded = matrix
     }
 
     /// The address of the packed elements: two values with the same address share one copy.
     public var storageAddress: UInt {
+        if let encoded { return encoded.address }
         if let panels { return panels.storage.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) } }
         return rowMajor?.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) } ?? 0
     }
 
     /// Bytes this weight holds (packed panels are zero-padded to 64 outputs).
-    public var byteCount: Int { 4 * (panels?.storage.count ?? rowMajor?.count ?? 0) }
+    public var byteCount: Int { encoded?.storedBytes ?? 4 * (panels?.storage.count ?? rowMajor?.count ?? 0) }
 
     /// Row `j` of `W` (`[K]`): an embedding row when the weight is a tied embedding.
     public func row(_ j: Int) -> ArraySlice<Float> {
         precondition(j >= 0 && j < outputs, "[LinearWeight] row \(j) of \(outputs)")
         if let rowMajor { return rowMajor[(j * inputs)..<((j + 1) * inputs)] }
+        if let encoded { return ArraySlice(encoded.row(j)) }
         let p = panels!
         return ArraySlice((0..<inputs).map { p.element($0, j) })
     }
@@ -179,6 +195,8 @@ public struct LinearWeight: Sendable {
         guard inputs > 0 else { y.update(repeating: 0, count: m * outputs); return }
         if let panels {
             panels.product(x, m: m, into: y)
+        } else if let encoded {
+            encoded.product(x, m: m, into: y)
         } else {
             rowMajor!.withUnsafeBufferPointer { w in
                 if m == 1 {

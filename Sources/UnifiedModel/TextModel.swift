@@ -22,7 +22,8 @@ public final class UnifiedTextModel: QwenLanguageModel {
     public let ropeIndex: RopeIndex
     let text: LMTextModel
     let vision: VLMTextModel
-    private let embedTokens: Tensor
+    /// Read a row at a time; the same copy the two routes hold.
+    private let embedTable: LinearWeight
 
     /// The prompt's MRoPE positions and rope deltas; empty for a text-only prediction.
     public private(set) var state = MultimodalPositionState()
@@ -47,7 +48,7 @@ public final class UnifiedTextModel: QwenLanguageModel {
         ropeIndex = RopeIndex(multimodal)
         text = LMTextModel(config: config, weights: weights)
         vision = VLMTextModel(config: vlmConfig, multimodal: multimodal, weights: weights)
-        embedTokens = weights[WeightNames.embedTokens]
+        embedTable = weights.linear(WeightNames.embedTokens)
     }
 
     // MARK: - Prediction state (mlx-engine's VisionAddOn.clear_prediction_state and friends)
@@ -94,7 +95,7 @@ public final class UnifiedTextModel: QwenLanguageModel {
                 guard id >= 0, id < config.vocabSize else {
                     throw ForwardError.tokenOutOfRange(row: r, position: t, id: id, vocabSize: config.vocabSize)
                 }
-                data.append(contentsOf: embedTokens.data[(id * D)..<((id + 1) * D)])
+                data.append(contentsOf: embedTable.row(id))
             }
         }
         return Tensor(shape: [rows.count, L, D], data: data)

@@ -62,9 +62,8 @@ struct DecoderLayer {
 /// `Qwen3_5Model`: embed (unless embeddings are given) → layers → final norm.
 struct InnerModel {
     let config: TextConfig
-    /// The embedding `[V, D]`; nil when tied, where rows come from the lm head's single copy.
-    let embedTokens: Tensor?
-    let tiedHead: LinearWeight?
+    /// The embedding `[V, D]`, read a row at a time; tied, the lm head's own copy.
+    let embedTable: LinearWeight
     let layers: [DecoderLayer]
     let finalNorm: Tensor
     let faIndex: Int, ssmIndex: Int
@@ -73,8 +72,7 @@ struct InnerModel {
     /// `tiedHead`: the packed lm head when embeddings are tied; its rows are the embedding's bits.
     init(config c: TextConfig, weights w: Weights, tiedHead: LinearWeight?) {
         config = c
-        self.tiedHead = tiedHead
-        embedTokens = tiedHead == nil ? w[WeightNames.embedTokens] : nil
+        embedTable = tiedHead ?? w.linear(WeightNames.embedTokens)
         layers = c.layerKinds.enumerated().map { DecoderLayer(weights: w, layer: $0, kind: $1, config: c) }
         finalNorm = w[WeightNames.finalNorm]
         faIndex = c.fullAttentionInterval - 1
@@ -91,11 +89,7 @@ struct InnerModel {
                 guard id >= 0, id < config.vocabSize else {
                     throw ForwardError.tokenOutOfRange(row: r, position: t, id: id, vocabSize: config.vocabSize)
                 }
-                if let embedTokens {
-                    data.append(contentsOf: embedTokens.data[(id * D)..<((id + 1) * D)])
-                } else {
-                    data.append(contentsOf: tiedHead!.row(id))
-                }
+                data.append(contentsOf: embedTable.row(id))
             }
         }
         return Tensor(shape: [ids.count, ids.first?.count ?? 0, D], data: data)

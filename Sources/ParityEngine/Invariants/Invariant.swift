@@ -217,7 +217,9 @@ public enum InvariantRegistry {
         } catch {
             return inRegistryOrder(chosen.map { row($0, golden, verdict: .error, detail: "\(error)") } + excused)
         }
-        return inRegistryOrder(excused + chosen.map { invariant in
+        CheckProgress.shared.begin(golden.name, steps: chosen.count)
+        return inRegistryOrder(excused + chosen.enumerated().map { i, invariant in
+            CheckProgress.shared.step(i, invariant.id)
             do {
                 let measurements = try invariant.measure(InvariantContext(golden: golden, implementations: impls, scenarios: scenarios))
                 return judge(invariant, measurements, golden)

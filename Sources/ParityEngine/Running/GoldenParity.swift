@@ -124,10 +124,16 @@ public enum GoldenParity {
         var report = FileReport()
         if let vlm { report.exact = try checkRopeTables(golden, vlm) }
         var vlmRuns: [String: ScheduleResult] = [:]
-        for scenario in try golden.scenarios() where only?.contains(scenario.name) ?? true {
+        let chosen = try golden.scenarios().filter { only?.contains($0.name) ?? true }
+        // Candidate paths are a user's results, held to the references by the candidate invariants.
+        func references(_ s: GoldenScenario) -> [String] { s.paths.filter { !$0.hasPrefix(GoldenCandidate.pathPrefix) } }
+        CheckProgress.shared.begin(golden.name, steps: chosen.reduce(0) { $0 + references($1).count })
+        var step = 0
+        for scenario in chosen {
             var results: [String: (ScheduleInput, ScheduleResult)] = [:]
-            // Candidate paths are a user's results, held to the references by the candidate invariants.
-            for reference in scenario.paths where !reference.hasPrefix(GoldenCandidate.pathPrefix) {
+            for reference in references(scenario) {
+                CheckProgress.shared.step(step, "golden parity, \(scenario.name) \(reference)")
+                step += 1
                 let (scenarioReport, run) = checkScenario(golden, scenario, reference: reference, vlm: vlm, weights: weights,
                                                           tower: tower)
                 report.scenarios.append(scenarioReport)

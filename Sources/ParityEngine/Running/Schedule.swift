@@ -79,6 +79,8 @@ public enum ScheduleRunner {
     public static func run(_ model: QwenLanguageModel, _ input: ScheduleInput,
                            trace extra: TraceRecorder? = nil) throws -> ScheduleResult {
         let recorder = extra ?? TraceRecorder()
+        let layerCount = model.config.numHiddenLayers
+        recorder.onLayer = { CheckProgress.shared.layer($0, of: layerCount) }
         var logits: [Tensor] = []
         var cache: PromptCache?
         var afterPrompt: [LayerCache]?

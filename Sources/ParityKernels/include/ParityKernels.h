@@ -130,3 +130,46 @@ void pk_conv_silu(const float *in, const float *w_t, float *out, int steps, int 
 }
 #endif
 #endif
+
+#ifndef PARITY_KERNELS_ENCODED_H
+#define PARITY_KERNELS_ENCODED_H
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// How a weight matrix `[N, K]` is stored in a checkpoint, read in place (memory-mapped) and
+/// decoded to float32 a panel at a time: plain float32, bfloat16 or float16 (widened, exact), or
+/// mlx's affine quantization (w = s·q + β per group, in the scales' dtype).
+enum { PK_ENC_F32 = 0, PK_ENC_BF16 = 1, PK_ENC_F16 = 2, PK_ENC_AFFINE = 3 };
+/// Element types of the affine scales and biases.
+enum { PK_SCALE_F32 = 0, PK_SCALE_BF16 = 1, PK_SCALE_F16 = 2 };
+
+typedef struct {
+    const void *values;     // row r starts at values + r · row_bytes (any alignment)
+    const void *scales;     // affine: row r's groups start at scales + r · (k / group) elements
+    const void *biases;
+    int k;                  // columns of the decoded matrix
+    int encoding;           // PK_ENC_*
+    int bits, group;        // affine only
+    int scale_type;         // PK_SCALE_*, affine only
+} pk_encoded;
+
+/// Bytes one stored row takes.
+size_t pk_encoded_row_bytes(const pk_encoded *m);
+
+/// Row `r` decoded into `out[K]`: the bits mx.dequantize (or the exact widening) gives.
+void pk_decode_row(const pk_encoded *m, int r, float *out);
+
+/// Index of the first row in [0, rows) whose stored values (affine: scales or biases) hold a NaN
+/// or an infinity, or -1. Affine weights are finite exactly when their scales and biases are.
+long pk_first_nonfinite_row(const pk_encoded *m, int rows);
+
+/// `c[M, N]` (leading dimension `ldc`) = A · Wᵀ for packed A (`pk_pack_a`) and an encoded W
+/// `[N, K]`: each 64-row panel of W is decoded and multiplied by the in-order kernel, so every
+/// element has the bits the dense product of the decoded W gives. Panels spread over the pool.
+void pk_gemm_encoded(const float *packed_a, const pk_encoded *w, float *c, int ldc, int m, int n, int parallel);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
