@@ -29,6 +29,7 @@ extension InvariantRegistry {
         guard golden.usesModelDirectory else { return [:] }
         let needsVLM = all.map(\.id).filter { !textOnlyInvariants.contains($0) && !unifiedTextInvariants.contains($0) }
         var out: [String: Absence] = [:]
+        if let oracle = oracleAbsence(golden) { out[OracleReport.invariantID] = oracle }
         do {
             _ = try TextConfig.mlxVLM(json: Data(golden.rawConfigJSON.utf8), source: "config.json")
         } catch {
@@ -51,6 +52,29 @@ extension InvariantRegistry {
                 + "regenerate it): a coverage gap, not a pass")
         }
         return out
+    }
+
+    /// Why a model directory's golden has no oracle ratio to judge. Not applicable: the generator
+    /// recorded that a float64 copy of the checkpoint cannot be made here (`oracle_absent_json`,
+    /// applicable false), or the checkpoint has one float32 path only (a bf16 text-only one: its
+    /// bf16 run is not float32, and it has no mlx-vlm path), where the oracle table still shows the
+    /// distance. A coverage gap: the oracle was turned off by choice, or its reason is unrecorded.
+    static func oracleAbsence(_ golden: GoldenFile) -> Absence? {
+        guard OracleReport.unavailable(golden) == nil else { return nil }
+        if golden.file.exists("/oracle") {
+            guard !OracleReport.comparesTwoPaths(golden) else { return nil }
+            return .notApplicable("one float32 path only (\(OracleReport.float32Paths(golden).sorted().joined(separator: ", "))"
+                + " at most): the native run is not float32 and the checkpoint has no second float32 path to hold it to; "
+                + "the oracle table gives its distance")
+        }
+        struct Recorded: Decodable { var reason: String; var applicable: Bool }
+        if golden.file.hasAttribute("oracle_absent_json", of: "/"),
+           let text = try? golden.file.stringAttribute("oracle_absent_json", of: "/"),
+           let recorded = try? JSONDecoder().decode(Recorded.self, from: Data(text.utf8)) {
+            return recorded.applicable ? .coverageGap("made without the float64 oracle: \(recorded.reason)")
+                : .notApplicable("no float64 oracle: \(recorded.reason)")
+        }
+        return .coverageGap("made without the float64 oracle (make_golden.py --oracle off): a coverage gap, not a pass")
     }
 
     /// A top-level vision_config object, as the libraries read it from a checkpoint's config.json.
