@@ -73,6 +73,21 @@ class StreamedPublishedLayout(unittest.TestCase):
                 else:
                     self.assertTrue(bool((ta[name] == tb[name]).all()), name)
 
+    def test_declared_bf16_keeps_the_published_float32_tensors(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            config = json.loads(TINY.read_text())
+            config["text_config"]["dtype"] = "bfloat16"
+            path, out = Path(tmp) / "bf16.json", Path(tmp) / "out"
+            path.write_text(json.dumps(config))
+            out.mkdir()
+            write_published(path, 1, out)
+            dtypes = {k: v["dtype"] for k, v in safetensors_header(out / "model.safetensors").items()
+                      if k != "__metadata__"}
+            f32 = sorted(k for k, v in dtypes.items() if v == "F32")
+            self.assertEqual(f32, ["model.language_model.layers.0.linear_attn.A_log",
+                                   "model.language_model.layers.0.linear_attn.norm.weight"])
+            self.assertEqual({v for k, v in dtypes.items() if k not in f32}, {"BF16"})
+
     def test_shards_and_index(self):
         from safetensors.torch import load_file
         with tempfile.TemporaryDirectory() as tmp:

@@ -3,7 +3,8 @@ written shard by shard, for configs too large to hold in memory (the published 9
 
 Names, shapes, dtypes and the shard split come from transformers itself: its model class built
 on the meta device (no storage), its state_dict with tied weights removed and conversions
-reverted, and huggingface_hub's split of that state_dict into shards. Only the values are ours,
+reverted, and huggingface_hub's split of that state_dict into shards (two GatedDeltaNet tensors
+stored float32 as the published checkpoints store them). Only the values are ours,
 drawn from the seed with make_published's rules, so that on a float32 config every tensor but
 A_log equals make_published's (the same generator, the same order). Memory: the shard being
 filled, plus at most one tensor larger than a shard."""
@@ -19,6 +20,10 @@ import numpy as np
 from .configs import read_config
 from .errors import GoldenError, UsageError, log
 
+# Stored float32 whatever the model's dtype: the published Qwen 3.5 checkpoints do (Qwen3.5-0.8B
+# holds 36 float32 tensors, these two suffixes in its 18 GatedDeltaNet layers; ms-swift PR 9972,
+# vllm PR 51836), while transformers' class has no keep-in-float32 rule for them.
+PUBLISHED_FLOAT32 = ("linear_attn.A_log", "linear_attn.norm.weight")
 # "A few GB": one shard at a time is the memory bound (transformers' own default is 50GB).
 SHARD_SIZE = "2GB"
 # A_log: transformers' own range, log U(0.01, 16), from a stream of its own ([seed, 5]) so that
@@ -93,6 +98,9 @@ def write_published(config_path: Path, seed: int, directory: Path, shard_size: s
     state = remove_tied_weights_from_state_dict(model.state_dict(), model)
     state = revert_weight_conversion(model, state)
     params = dict(model.named_parameters())
+    for name in state:
+        if name.endswith(PUBLISHED_FLOAT32) and state[name].dtype != torch.float32:
+            state[name] = torch.empty(state[name].shape, dtype=torch.float32, device="meta")
     if set(state) - set(params):
         raise GoldenError(f"the published state_dict holds tensors that are not parameters: "
                           f"{sorted(set(state) - set(params))[:5]}")
@@ -114,7 +122,7 @@ def write_published(config_path: Path, seed: int, directory: Path, shard_size: s
         if name not in state:
             continue   # tied: the state_dict keeps the other name
         shard = split.tensor_to_filename[name]
-        filled[shard][name] = draw(torch, name, tuple(p.shape), p.dtype, generator, a_log_rng)
+        filled[shard][name] = draw(torch, name, tuple(p.shape), state[name].dtype, generator, a_log_rng)
         pending[shard].discard(name)
         if not pending[shard]:
             tensors = filled.pop(shard)
