@@ -163,7 +163,9 @@ def check_recording_is_transparent(model, token_ids: np.ndarray) -> None:
 
 def run_all(model, scenarios: list, inputs: Inputs, label: str) -> list[PathRun]:
     """Every text scenario through mlx-lm's model, as the path `label`."""
-    with progress.path(label, sum(scenario_tokens(sc, inputs) for sc in scenarios)):
+    # The recording check runs the prompt once more before the scenarios.
+    total = inputs.token_ids.shape[1] + sum(scenario_tokens(sc, inputs) for sc in scenarios)
+    with progress.path(label, total):
         return run_each(model, scenarios, inputs, label)
 
 
