@@ -411,10 +411,12 @@ def add_vlm_paths(spec: ModelSpec, weights: dict | None, inputs: Inputs, groups:
     inputs the schedules read to store; returns the /config attrs and the /rope_index cases.
     loaded: instead of weights, a whole Model mlx-vlm's own load_model made from a directory
     (quantized ones run as loaded: no float32 copy)."""
-    # The text schedules and the recording check; the vlm-only groups come on top (the
-    # estimate then reads 0 s left until they end).
+    # The text schedules, the recording check and the vlm-only groups' schedules (the library
+    # distances and the image prompts come on top: the estimate is a floor).
     total = inputs.token_ids.shape[1] + sum(
         sum(sc.calls) * (inputs.batch_tokens.shape[0] if sc.kind == "batch" else 1) for sc, _ in results)
+    total += sum(sum(vs.calls) * len(vs.paths) for vs in mrope_scenarios() + hazard_scenarios()
+                 if vs.group in groups)
     with progress.path(VLM_PATH, total):
         return vlm_paths_of(spec, weights, inputs, groups, seed, results, store, variant, tower_weights, loaded)
 
