@@ -16,7 +16,7 @@ APT_PACKAGES := libopenblas-dev libhdf5-dev pkg-config
 # unoptimised, and -enable-testing lets the tests reach internal helpers.
 BUILD_FLAGS := -c release -Xswiftc -enable-testing
 
-.PHONY: deps test parity golden golden-check test-tools venv venv-torch build clean bench sweep
+.PHONY: deps test parity golden golden-check golden-big test-tools venv venv-torch build clean bench sweep
 
 ## deps: install the system libraries (OpenBLAS, HDF5, pkg-config) with apt-get when missing
 deps:
@@ -75,6 +75,31 @@ endif
 ## golden-check: regenerate every committed golden in a temp folder and compare bit for bit
 golden-check: venv-torch
 	$(PYTHON) tools/golden_check.py --checkpoints "$(CHECKPOINTS)"
+
+## golden-big: a checkpoint of a published shape made the way real ones are, and its golden, in
+## reports/big/ (git-ignored, never committed): SHAPE=0.8b|9b|35b-a3b (tools/configs/published/),
+## KIND=mlx-q4|mlx-q8|mlx-bf16. Three processes: the published layout written shard by shard,
+## mlx-vlm's convert of it (the layout is then removed unless KEEP_PUBLISHED=1), the golden
+## (--from-model, no oracle); each one's wall time and peak RSS are printed at the end.
+SHAPE ?= 0.8b
+KIND ?= mlx-q4
+BIG := reports/big/qwen3.5-$(SHAPE)
+BIG_TIME = /usr/bin/time -f "%e s, peak RSS %M KiB" -o
+golden-big: venv-torch
+	@test -f tools/configs/published/qwen3.5-$(SHAPE).json || { echo "SHAPE: one of 0.8b, 9b, 35b-a3b (tools/configs/published/qwen3.5-SHAPE.json)"; exit 2; }
+	@case "$(KIND)" in mlx-q4|mlx-q8|mlx-bf16) ;; *) echo "KIND: one of mlx-q4, mlx-q8, mlx-bf16"; exit 2;; esac
+	@test -x /usr/bin/time || { echo "golden-big measures with /usr/bin/time: apt-get install time"; exit 2; }
+	@mkdir -p reports/big && rm -rf $(BIG)-published $(BIG)-$(KIND) $(BIG)-$(KIND).times
+	$(BIG_TIME) $(BIG)-$(KIND).times.1 $(PYTHON) tools/big_checkpoint.py published \
+	  --config tools/configs/published/qwen3.5-$(SHAPE).json --out $(BIG)-published
+	$(BIG_TIME) $(BIG)-$(KIND).times.2 $(PYTHON) tools/big_checkpoint.py convert --kind $(KIND) \
+	  --src $(BIG)-published --out $(BIG)-$(KIND)
+	$(if $(KEEP_PUBLISHED),,rm -rf $(BIG)-published)
+	$(BIG_TIME) $(BIG)-$(KIND).times.3 $(PYTHON) tools/make_golden.py --from-model $(BIG)-$(KIND) \
+	  --out $(BIG)-$(KIND)/parity.h5 --oracle off --reason "make golden-big"
+	@echo "golden-big $(SHAPE) $(KIND): $(BIG)-$(KIND)/"; \
+	for i in 1 2 3; do case $$i in 1) s="write the published layout";; 2) s="convert (mlx-vlm)";; 3) s="golden";; esac; \
+	  printf '  %-28s %s\n' "$$s" "$$(tail -1 $(BIG)-$(KIND).times.$$i)"; done; rm -f $(BIG)-$(KIND).times.*
 
 ## test-tools: tests of the golden tools (review/history, freshness check, atomic writes, configs:
 ## refused ones, the config forms, library findings)

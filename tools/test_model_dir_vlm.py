@@ -1,6 +1,7 @@
-"""Which model directories make_golden --from-model gives mlx-vlm paths (checkpoints.vlm_weights_for):
-float32, unquantized, with a vision_config mlx-vlm accepts; every other one gets mlx-lm paths
-only. Run with `make test-tools`."""
+"""Which model directories make_golden --from-model gives mlx-vlm paths, and how they run
+(checkpoints.vlm_route_for): a vision_config mlx-vlm accepts is needed; float32 ones run on
+mlx-lm's tensors, quantized ones as mlx-vlm loads them, bf16 ones widened when that fits.
+Run with `make test-tools`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
-from golden.checkpoints import vlm_weights_for  # noqa: E402
+from golden.checkpoints import vlm_route_for  # noqa: E402
 
 DENSE = json.loads((TOOLS / "configs" / "tiny-dense.json").read_text())
 F32 = ["mlx.core.float32"]
@@ -28,21 +29,26 @@ def nested(rope: dict | None = None) -> dict:
 
 
 class VlmWeightsFor(unittest.TestCase):
-    def decide(self, config: dict, dtypes=F32):
+    def decide(self, config: dict, dtypes=F32, parameters=1000):
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
             (d / "config.json").write_text(json.dumps(config))
-            return vlm_weights_for(d, config, dtypes, lambda: {"runtime": "tensors"})
+            return vlm_route_for(d, config, dtypes, parameters)
 
-    def test_float32_multimodal_directory_gets_vlm_paths(self):
-        self.assertEqual(self.decide(nested()), {"runtime": "tensors"})
+    def test_float32_multimodal_directory_runs_on_mlx_lm_tensors(self):
+        self.assertEqual(self.decide(nested()), "runtime")
 
     def test_text_only_directory_does_not(self):
         self.assertIsNone(self.decide(DENSE))
 
-    def test_quantized_or_bf16_directory_does_not(self):
-        self.assertIsNone(self.decide(nested() | {"quantization": {"group_size": 64, "bits": 4}}))
-        self.assertIsNone(self.decide(nested(), ["mlx.core.bfloat16", "mlx.core.float32"]))
+    def test_quantized_directory_runs_natively(self):
+        self.assertEqual(self.decide(nested() | {"quantization": {"group_size": 64, "bits": 4}},
+                                     ["mlx.core.bfloat16", "mlx.core.uint32"]), "native")
+
+    def test_bf16_directory_runs_widened_when_it_fits(self):
+        bf16 = ["mlx.core.bfloat16", "mlx.core.float32"]
+        self.assertEqual(self.decide(nested(), bf16), "widened")
+        self.assertIsNone(self.decide(nested(), bf16, parameters=10 ** 13))
 
     def test_config_mlx_vlm_refuses_does_not(self):
         # transformers' form without an mrope_section: mlx-vlm's TextConfig raises.

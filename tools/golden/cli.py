@@ -47,16 +47,19 @@ weights and inputs:
   sanitize() must leave them unchanged; they are loaded with strict=True and stored as
   /weights/<runtime name>. Token ids come from default_rng([seed, 1]).
 
-model directories (mlx-lm paths; mlx-vlm ones too for a float32, unquantized directory with a
-vision_config mlx-vlm accepts: text schedules, cache, vectors and image prompts through the
-directory's own vision tower):
+model directories (mlx-lm paths; mlx-vlm ones too for a directory with a vision_config
+mlx-vlm accepts: text schedules, cache, vectors and image prompts through the directory's own
+vision tower; float32 ones on the tensors mlx-lm loaded, quantized ones as mlx-vlm's load_model
+loads them, bf16 ones on their float32 widening when 4 bytes per parameter fits):
   --from-model DIR          DIR holds config.json and model*.safetensors as mlx-lm saves them
                             (any dtype, affine-quantized or not). Loaded with
                             mlx_lm.utils.load_model; the golden stores no /weights but the
-                            directory (relative to --out) and the sha256 of its files, and two
-                            reference paths: mlx_lm (as loaded) and mlx_lm_f32 (after
-                            mlx_lm.utils.dequantize_model and float32). Default scenarios:
-                            full_prefill,prefix_decode.
+                            directory (relative to --out) and the sha256 of its files, and the
+                            reference paths mlx_lm (as loaded) and, per --f32-twin, mlx_lm_f32
+                            (after mlx_lm.utils.dequantize_model and float32); root attr
+                            reference_paths_json lists them. One model is in memory at a
+                            time; a path that runs for more than a few seconds prints its
+                            progress per call. Default scenarios: full_prefill,prefix_decode.
   --make-checkpoint KIND    with --config: draw the random weights, then save them as a model
                             directory --out with mlx-lm's own code: bf16 = the convert cast
                             (cast_predicate keeps A_log float32); q4 = quantize_model, affine
@@ -66,8 +69,12 @@ directory's own vision tower):
                             save_config; hf = the published layout: transformers'
                             Qwen3_5(Moe)ForConditionalGeneration from a nested config with a
                             vision_config, parameters redrawn from the seed, save_pretrained
-                            (names, norms and conv unconverted). Then load it back with
-                            load_model and write the golden into it as parity.h5.
+                            (names, norms and conv unconverted); mlx-q4, mlx-q8, mlx-bf16 =
+                            the published layout written shard by shard (names, shapes, dtypes
+                            from transformers' class on the meta device), then mlx-vlm's
+                            convert (affine 4/8-bit, group 64, float32 scales; or bfloat16).
+                            Then load it back with load_model and write the golden into it as
+                            parity.h5.
 
 review and history:
   If --out exists, the new golden is first written beside it and compared: datasets bit for
@@ -127,7 +134,14 @@ def parse_args(argv):
                     help="output .h5 path (with --make-checkpoint: the output directory)")
     ap.add_argument("--make-checkpoint", choices=CHECKPOINT_KINDS, default=None,
                     help="with --config: write a model directory at --out (bf16 or q4 by mlx-lm, "
-                         "hf in the published layout by transformers) and its golden inside it")
+                         "hf in the published layout by transformers, mlx-q4, mlx-q8 or mlx-bf16: the "
+                         "published layout written shard by shard, then mlx-vlm's own convert: affine "
+                         "4 or 8 bits at group 64 with float32 scales, or bfloat16) and its golden inside it")
+    ap.add_argument("--f32-twin", choices=("auto", "on", "off"), default="auto",
+                    help="model directories: also run the model dequantized and widened to float32 "
+                         "(path mlx_lm_f32). auto (default): only when the native run is not float32 "
+                         "(bf16 weights or bf16 scales) and 4 bytes per parameter fits in half the "
+                         "memory; the reason is logged and stored (root attrs f32_twin, f32_twin_reason)")
     ap.add_argument("--seed", type=int, default=1234,
                     help="seed for the random weights and, via a separate stream, the token "
                          "ids (default: 1234)")

@@ -13,6 +13,7 @@ from mlx_lm.models import cache as lm_cache
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import _get_classes
 
+from . import progress
 from .errors import GoldenError, library, log
 from .inputs import Inputs
 from .recording import (PathRun, RunResult, cache_arrays, check_finite, recording,
@@ -95,6 +96,7 @@ def run_calls(model, tokens: np.ndarray, calls: list[int], cache, snapshot_after
     if sum(calls) != tokens.shape[1]:
         raise GoldenError(f"calls {calls} do not cover {tokens.shape[1]} tokens")
     logits, snapshot, t0 = [], None, 0
+    n_calls_total = len(calls)
     with recording(model.language_model.model) as rec:
         for i, n in enumerate(calls):
             with library("mlx-lm", f"{doing}, call {i + 1} of {len(calls)} ({n} tokens)"):
@@ -103,6 +105,7 @@ def run_calls(model, tokens: np.ndarray, calls: list[int], cache, snapshot_after
                 mx.eval(out, rec["embed"], rec["layers"], rec["norm"], cache_arrays(cache))
             logits.append(to_numpy(out))
             t0 += n
+            progress.call(doing, i + 1, n_calls_total, n * tokens.shape[0])
             if cache is not None and i + 1 == snapshot_after:
                 snapshot = snapshot_cache(cache)
     n_calls = len(calls)
@@ -160,6 +163,19 @@ def check_recording_is_transparent(model, token_ids: np.ndarray) -> None:
 
 def run_all(model, scenarios: list, inputs: Inputs, label: str) -> list[PathRun]:
     """Every text scenario through mlx-lm's model, as the path `label`."""
+    # The recording check runs the prompt once more before the scenarios.
+    total = inputs.token_ids.shape[1] + sum(scenario_tokens(sc, inputs) for sc in scenarios)
+    with progress.path(label, total):
+        return run_each(model, scenarios, inputs, label)
+
+
+def scenario_tokens(sc: Scenario, inputs: Inputs) -> int:
+    """Tokens a scenario feeds the model, every row of a batch counted (progress estimates)."""
+    rows = inputs.batch_tokens.shape[0] if sc.kind == "batch" else 1
+    return sum(sc.calls) * rows
+
+
+def run_each(model, scenarios: list, inputs: Inputs, label: str) -> list[PathRun]:
     check_recording_is_transparent(model, inputs.token_ids)
     out = []
     for sc in scenarios:

@@ -280,18 +280,25 @@ def make_prompt(name: str, spec: dict, model, processor, token_ids, rng) -> Prom
                   intermediates=intermediates)
 
 
-def capture(spec, lm_weights: dict, token_ids, seed: int, names: tuple,
-            tower_weights: dict | None = None) -> Capture:
+def capture(spec, lm_weights: dict | None, token_ids, seed: int, names: tuple,
+            tower_weights: dict | None = None, loaded=None) -> Capture:
     """Build mlx-vlm's full model for spec (configs.ModelSpec) around lm_weights (runtime names,
     "language_model." prefix) and run the vision half of the prompts named (keys of PROMPTS).
-    tower_weights: a checkpoint's own tower ("vision_tower." names); else drawn from the seed."""
+    tower_weights: a checkpoint's own tower ("vision_tower." names); else drawn from the seed.
+    loaded: a whole Model mlx-vlm's load_model made from a directory, run as it is (its tower
+    is stored as /vision/weights, widened to float32)."""
     unknown = set(names) - set(PROMPTS)
     if unknown:
         raise VisionError(f"unknown image prompt(s) {sorted(unknown)}")
     raw, vision_config = read_config(spec)
-    module, model_config, model = build_model(spec, vision_config)
-    vision_weights = tower_weights if tower_weights is not None else random_vision_weights(model.vision_tower, seed)
-    load_weights(module, model_config, model, lm_weights, vision_weights)
+    if loaded is None:
+        module, model_config, model = build_model(spec, vision_config)
+        vision_weights = tower_weights if tower_weights is not None else random_vision_weights(model.vision_tower, seed)
+        load_weights(module, model_config, model, lm_weights, vision_weights)
+    else:
+        model, model_config = loaded, loaded.config
+        vision_weights = {"vision_tower." + k: np.array(v.astype(mx.float32))
+                          for k, v in tree_flatten(model.vision_tower.parameters())}
     vc = model_config.vision_config
     block = vc.patch_size * vc.spatial_merge_size
     with library("mlx-vlm", "making the image processor"):

@@ -22,7 +22,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_vlm.models import cache as vlm_cache
 
-from . import distances, probes, vision
+from . import distances, probes, progress, vision
 from .configs import SPECIAL_TOKEN_KEYS, ModelSpec
 from .errors import GoldenError, UsageError, library, log
 from .inputs import Inputs, TokenIds
@@ -167,7 +167,7 @@ def vlm_inputs(lm, inputs: Inputs, seed: int, vocab: int, token_ids: TokenIds,
     ids = text[:2] + [vt["vision_start_token_id"]] + [vt["image_token_id"]] * n_image \
         + [vt["vision_end_token_id"]] + text[2:]
     emb = embed([ids])
-    scale = float(np.array(lm.model.embed_tokens.weight).std())
+    scale = embedding_std(lm.model.embed_tokens)
     for t, token in enumerate(ids):
         if token == vt["image_token_id"]:
             emb[0, t] = (rng.standard_normal(emb.shape[-1]) * scale).astype(np.float32)
@@ -193,6 +193,17 @@ def vlm_inputs(lm, inputs: Inputs, seed: int, vocab: int, token_ids: TokenIds,
     store[g + "/left_padding"] = pads
     store[g + "/attention_mask"] = (np.arange(smax)[None, :] >= pads[:, None]).astype(np.int32)
     return store
+
+
+def embedding_std(embed) -> float:
+    """The std of the embedding table; a quantized one (mlx-vlm's QuantizedEmbedding) is
+    dequantized for it by mlx, as the model itself reads it."""
+    if not hasattr(embed, "scales"):
+        return float(np.array(embed.weight).std())
+    with library("mlx-vlm", "dequantizing the embedding table for its scale"):
+        table = mx.dequantize(embed.weight, embed.scales, embed.get("biases"), embed.group_size,
+                              embed.bits, mode=getattr(embed, "mode", "affine")).astype(mx.float32)
+        return float(np.array(mx.std(table)))
 
 
 def rope_index_cases(lm, token_ids: TokenIds, merge: int) -> list[dict]:
@@ -328,6 +339,7 @@ def run_vlm_schedule(lm, schedule: list[dict], store: dict, snapshot_after: int 
                 out = lm(ids, cache=cache, **kwargs).logits
                 mx.eval(out, rec["embed"], rec["layers"], rec["norm"], cache_arrays(cache))
             logits.append(np.array(out))
+            progress.call(doing, i + 1, len(schedule), B * L)
 
             def joined(records, start):
                 """One [B, L, D] tensor from this call's records: the whole batch, or one
@@ -391,13 +403,30 @@ def vlm_groups(args, variant: str) -> set[str] | None:
     return groups
 
 
-def add_vlm_paths(spec: ModelSpec, weights: dict, inputs: Inputs, groups: set[str],
-                  seed: int, results: list, store: dict, variant: str, tower_weights: dict | None = None) -> dict:
+def add_vlm_paths(spec: ModelSpec, weights: dict | None, inputs: Inputs, groups: set[str],
+                  seed: int, results: list, store: dict, variant: str, tower_weights: dict | None = None,
+                  loaded=None) -> dict:
     """Run the same weights through mlx-vlm's LanguageModel: an mlx_vlm path on every text
     scenario of results, then the vlm-only scenarios of `groups` appended to results. Adds the
-    inputs the schedules read to store; returns the /config attrs and the /rope_index cases."""
-    module, model_config, lm, vlm_json = build_vlm_model(spec)
-    load_vlm_weights(module, model_config, lm, weights)
+    inputs the schedules read to store; returns the /config attrs and the /rope_index cases.
+    loaded: instead of weights, a whole Model mlx-vlm's own load_model made from a directory
+    (quantized ones run as loaded: no float32 copy)."""
+    # The text schedules, the recording check and the vlm-only groups' schedules (the library
+    # distances and the image prompts come on top: the estimate is a floor).
+    total = inputs.token_ids.shape[1] + sum(
+        sum(sc.calls) * (inputs.batch_tokens.shape[0] if sc.kind == "batch" else 1) for sc, _ in results)
+    total += sum(sum(vs.calls) * len(vs.paths) for vs in mrope_scenarios() + hazard_scenarios()
+                 if vs.group in groups)
+    with progress.path(VLM_PATH, total):
+        return vlm_paths_of(spec, weights, inputs, groups, seed, results, store, variant, tower_weights, loaded)
+
+
+def vlm_paths_of(spec, weights, inputs, groups, seed, results, store, variant, tower_weights, loaded) -> dict:
+    if loaded is None:
+        module, model_config, lm, vlm_json = build_vlm_model(spec)
+        load_vlm_weights(module, model_config, lm, weights)
+    else:
+        model_config, lm, vlm_json = loaded.config, loaded.language_model, json.dumps(spec.vlm_params())
     token_ids = TokenIds(spec.token_ids, spec.vocab_size)
     merge = model_config.vision_config.spatial_merge_size
     store.update(vlm_inputs(lm, inputs, seed, spec.vocab_size, token_ids, merge))
@@ -452,7 +481,7 @@ def add_vlm_paths(spec: ModelSpec, weights: dict, inputs: Inputs, groups: set[st
     if "vision" in groups:
         prompts = VISION_PROMPTS_BY_VARIANT.get(variant, tuple(vision.PROMPTS))
         meta["vision"] = add_image_scenarios(spec, weights, token_ids, seed, results, store, prompts,
-                                             probed, tower_weights)
+                                             probed, tower_weights, loaded)
     return meta
 
 
@@ -466,11 +495,12 @@ def probe(lm, vs: VlmScenario, path: str, run, reference) -> dict:
 
 
 def add_image_scenarios(spec: ModelSpec, weights: dict, token_ids: TokenIds, seed: int,
-                        results: list, store: dict, prompts: tuple, probed: list, tower_weights: dict | None = None):
+                        results: list, store: dict, prompts: tuple, probed: list, tower_weights: dict | None = None,
+                        loaded=None):
     """The vision group: mlx-vlm's whole model on the image prompts of vision.py; the first
     one's language calls probed (appended to probed)."""
     try:
-        cap = vision.capture(spec, weights, token_ids, seed, prompts, tower_weights)
+        cap = vision.capture(spec, weights, token_ids, seed, prompts, tower_weights, loaded)
     except vision.VisionError as exc:
         raise GoldenError(f"vision: {exc}") from exc
     store.update(vision.input_datasets(cap))
