@@ -80,7 +80,7 @@ golden-check: venv-torch
 ## reports/big/ (git-ignored, never committed): SHAPE=0.8b|9b|35b-a3b (tools/configs/published/),
 ## KIND=mlx-q4|mlx-q8|mlx-bf16. Three processes: the published layout written shard by shard,
 ## mlx-vlm's convert of it (the layout is then removed unless KEEP_PUBLISHED=1), the golden
-## (--from-model, no oracle); each one's wall time and peak RSS are printed at the end.
+## (--from-model; the oracle when it fits: --oracle auto); each one's wall time and peak RSS are printed at the end.
 SHAPE ?= 0.8b
 KIND ?= mlx-q4
 BIG := reports/big/qwen3.5-$(SHAPE)
@@ -96,7 +96,7 @@ golden-big: venv-torch
 	  --src $(BIG)-published --out $(BIG)-$(KIND)
 	$(if $(KEEP_PUBLISHED),,rm -rf $(BIG)-published)
 	$(BIG_TIME) $(BIG)-$(KIND).times.3 $(PYTHON) tools/make_golden.py --from-model $(BIG)-$(KIND) \
-	  --out $(BIG)-$(KIND)/parity.h5 --oracle off --reason "make golden-big"
+	  --out $(BIG)-$(KIND)/parity.h5 --reason "make golden-big"
 	@echo "golden-big $(SHAPE) $(KIND): $(BIG)-$(KIND)/"; \
 	for i in 1 2 3; do case $$i in 1) s="write the published layout";; 2) s="convert (mlx-vlm)";; 3) s="golden";; esac; \
 	  printf '  %-28s %s\n' "$$s" "$$(tail -1 $(BIG)-$(KIND).times.$$i)"; done; rm -f $(BIG)-$(KIND).times.*

@@ -229,6 +229,24 @@ def twin_decision(option: str, native_float32: bool, parameters: int) -> tuple[b
     return True, f"the native run is not float32 ({size})"
 
 
+# --oracle auto runs the float64 oracle only when it fits comfortably: the weights in float64
+# (8 bytes per parameter) are held twice (the numpy copy and transformers' model).
+ORACLE_MEMORY_SHARE = 0.5
+
+
+def oracle_decision(option: str, parameters: int) -> tuple[str, dict | None]:
+    """'on' or 'off', and when off, why (stored as oracle_absent_json: the Swift side reports an
+    oracle that cannot be made here as not applicable, one turned off by choice as a gap)."""
+    need = 16 * parameters
+    if option == "on" or (option == "auto" and need <= ORACLE_MEMORY_SHARE * memory_bytes()):
+        return "on", None
+    if option == "off":
+        return "off", {"reason": "turned off (--oracle off)", "applicable": True}
+    return "off", {"reason": f"a float64 copy of this checkpoint needs about {need / 1e9:.1f} GB (8 bytes per "
+                             f"parameter, held twice), more than {ORACLE_MEMORY_SHARE:.0%} of this machine's "
+                             f"{memory_bytes() / 1e9:.0f} GB (--oracle auto)", "applicable": False}
+
+
 def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: str,
                       model_dir_attr: str = ".") -> None:
     """A model directory as mlx-lm loads it (mlx_lm), dequantized in float32 (mlx_lm_f32, when
@@ -251,6 +269,9 @@ def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: s
     parameters = logical_parameters(model)
     log(f"{model_dir.name}: parameter dtypes {dtypes}, activations {adt}, {parameters} parameters")
     twin, twin_reason = twin_decision(getattr(args, "f32_twin", "on"), native_float32, parameters)
+    args.oracle, oracle_absent = oracle_decision(args.oracle, parameters)
+    if oracle_absent:
+        log(f"{model_dir.name}: float64 oracle not run: {oracle_absent['reason']}")
     log(f"{model_dir.name}: float32 twin {F32_PATH}: {'written' if twin else 'not written'}: {twin_reason}")
     vlm_route = vlm_route_for(model_dir, config, dtypes, parameters)
 
@@ -320,6 +341,8 @@ def golden_from_model(args, model_dir: Path, out_h5: Path, variant: str, kind: s
              "f32_twin": "written" if twin else "not written",
              "f32_twin_reason": twin_reason,
              "reference_paths_json": json.dumps(paths)}
+    if oracle_absent:
+        root["oracle_absent_json"] = json.dumps(oracle_absent)
     meta["root"] = root
     check_token_ids(store, meta.get("rope_cases", []), effective["vocab_size"])
     with step("write the golden"):

@@ -157,11 +157,13 @@ def parse_args(argv):
                          f"{', '.join(VLM_EXTRA_GROUPS)}; 'none'; 'off' skips mlx-vlm entirely; "
                          "'auto' (default) looks the variant up in VLM_EXTRAS_BY_VARIANT "
                          "(golden/ size budget), all groups otherwise")
-    ap.add_argument("--oracle", choices=("on", "off"), default=None,
+    ap.add_argument("--oracle", choices=("on", "off", "auto"), default=None,
                     help="the float64 oracle path transformers_f64 (transformers on torch CPU; "
                          "needs tools/requirements-torch.txt, make venv-torch). Default on for "
-                         "--config and --make-checkpoint; off for --from-model (float64 holds 8 "
-                         "bytes per parameter: a user's model at scale does not fit)")
+                         "--config and the small --make-checkpoint kinds; auto for --from-model and "
+                         "the mlx-* kinds: on when a float64 copy (8 bytes per parameter, held twice) "
+                         "fits in half this machine's memory, else off, recorded in the golden as not "
+                         "applicable here (off by choice is recorded as a coverage gap)")
     ap.add_argument("--variant", default=None,
                     help="variant name stored in the root attrs (default: the config file "
                          "name without .json, or the directory name)")
@@ -177,7 +179,10 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     model_dir = bool(args.make_checkpoint or args.from_model)
     if args.oracle is None:
-        args.oracle = "off" if args.from_model else "on"
+        at_scale = args.from_model or (args.make_checkpoint or "").startswith("mlx-")
+        args.oracle = "auto" if at_scale else "on"
+    if args.oracle == "auto" and not model_dir:
+        args.oracle = "on"   # a random-weight config is tiny by construction
     if args.prompt_length is None:
         args.prompt_length = 24 if model_dir else 32
     if args.make_checkpoint and args.config is None:
