@@ -22,7 +22,8 @@ def text_config_kwargs(raw: dict, effective: dict, vlm_effective: dict | None) -
     from transformers.models.qwen3_5_moe import Qwen3_5MoeTextConfig
     moe = raw["model_type"] == "qwen3_5_moe"
     cls = Qwen3_5MoeTextConfig if moe else Qwen3_5TextConfig
-    fields = set(cls.__dataclass_fields__) - {"rope_parameters", "layer_types"}
+    # A published config's dtype (bfloat16) is the checkpoint's storage, not the oracle's precision.
+    fields = set(cls.__dataclass_fields__) - {"rope_parameters", "layer_types", "dtype", "torch_dtype"}
     given = {k: v for k, v in raw.items() if k in fields}
     # What transformers itself makes of the raw config: the rope and the layer pattern.
     own = cls(**{k: v for k, v in raw.items() if k != "model_type"})
@@ -173,7 +174,7 @@ def check_round_trip(config: dict, checkpoint: dict, runtime: dict, vision: dict
 
 def vision_config_kwargs(vision_cap, hidden_size: int) -> dict:
     vc = json.loads(vision_cap.config_json)["vision_config"]
-    return dict(vc, out_hidden_size=hidden_size)
+    return dict({k: v for k, v in vc.items() if k not in ("dtype", "torch_dtype")}, out_hidden_size=hidden_size)
 
 
 def build_models(torch, mode, text_kwargs: dict, moe: bool, checkpoint: dict, vision_kwargs: dict | None,
