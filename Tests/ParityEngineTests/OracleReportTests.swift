@@ -34,13 +34,20 @@ import Testing
         #expect(OracleReport.render(rows, file: golden.name).contains("closer"))
     }
 
-    @Test func checkpointGoldensHoldTheOracleOnTheirFloat32Twin() throws {
+    @Test func checkpointGoldensHoldTheOracleOnTheirFloat32Path() throws {
         let q4 = try GoldenFile(path: goldenDirectory.appendingPathComponent("checkpoints/tiny-checkpoint-q4/parity.h5").path)
         let q4Rows = try OracleReport.measure(q4)
         #expect(!q4Rows.isEmpty)
-        // q4 runs with float32 activations and equals its dequantized twin: a tie.
-        for r in q4Rows { #expect(r.closer?.factor == 1, "\(r.scenario)") }
-        #expect(try #require(InvariantRegistry.run(q4, only: [OracleReport.invariantID]).first).verdict == .pass)
+        // q4 on float32 scales runs in float32 and is its own exact reference (no twin is written):
+        // one float32 path, measured, with no second one to hold it to.
+        for r in q4Rows {
+            #expect(r.paths.map(\.path) == ["mlx_lm"], "\(r.scenario)")
+            #expect(r.closer == nil)
+        }
+        // Not run on it, and reported as not applicable rather than NOT RUN.
+        #expect(InvariantRegistry.run(q4, only: [OracleReport.invariantID]).isEmpty)
+        #expect(InvariantRegistry.coverage([], only: [OracleReport.invariantID], absences: InvariantRegistry.absences(q4))
+                    .map(\.verdict) == [.notApplicable])
 
         let bf16 = try GoldenFile(path: goldenDirectory.appendingPathComponent("checkpoints/tiny-checkpoint-bf16/parity.h5").path)
         let rows = try OracleReport.measure(bf16)
@@ -49,7 +56,9 @@ import Testing
             #expect(native.logitsMaxAbs > 1e-3 && twin.logitsMaxAbs < 3e-5, "\(r.scenario): bf16 is measured, far; the twin is near")
             #expect(r.closer == nil, "one float32 path: no ratio")
         }
-        #expect(InvariantRegistry.run(bf16, only: [OracleReport.invariantID]).isEmpty, "not applicable, not NOT RUN")
+        #expect(InvariantRegistry.run(bf16, only: [OracleReport.invariantID]).isEmpty)
+        #expect(InvariantRegistry.coverage([], only: [OracleReport.invariantID], absences: InvariantRegistry.absences(bf16))
+                    .map(\.verdict) == [.notApplicable], "not applicable, not NOT RUN")
     }
 
     @Test func anMLXPathWorseThanKTimesTheOtherFails() throws {
