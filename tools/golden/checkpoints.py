@@ -230,20 +230,23 @@ def twin_decision(option: str, native_float32: bool, parameters: int) -> tuple[b
 
 
 # --oracle auto runs the float64 oracle only when it fits comfortably: the weights in float64
-# (8 bytes per parameter) are held twice (the numpy copy and transformers' model).
+# are held three times (the numpy copy, transformers' CausalLM and its ConditionalGeneration
+# model) beside their float32 copy, 28 bytes per parameter. Measured: the 0.8B published shape
+# (0.75e9 parameters) passed 20 GB in the oracle before it was stopped.
 ORACLE_MEMORY_SHARE = 0.5
+ORACLE_BYTES_PER_PARAMETER = 28
 
 
 def oracle_decision(option: str, parameters: int) -> tuple[str, dict | None]:
     """'on' or 'off', and when off, why (stored as oracle_absent_json: the Swift side reports an
     oracle that cannot be made here as not applicable, one turned off by choice as a gap)."""
-    need = 16 * parameters
+    need = ORACLE_BYTES_PER_PARAMETER * parameters
     if option == "on" or (option == "auto" and need <= ORACLE_MEMORY_SHARE * memory_bytes()):
         return "on", None
     if option == "off":
         return "off", {"reason": "turned off (--oracle off)", "applicable": True}
-    return "off", {"reason": f"a float64 copy of this checkpoint needs about {need / 1e9:.1f} GB (8 bytes per "
-                             f"parameter, held twice), more than {ORACLE_MEMORY_SHARE:.0%} of this machine's "
+    return "off", {"reason": f"the float64 oracle of this checkpoint needs about {need / 1e9:.1f} GB "
+                             f"({ORACLE_BYTES_PER_PARAMETER} bytes per parameter), more than {ORACLE_MEMORY_SHARE:.0%} of this machine's "
                              f"{memory_bytes() / 1e9:.0f} GB (--oracle auto)", "applicable": False}
 
 

@@ -161,7 +161,7 @@ def parse_args(argv):
                     help="the float64 oracle path transformers_f64 (transformers on torch CPU; "
                          "needs tools/requirements-torch.txt, make venv-torch). Default on for "
                          "--config and the small --make-checkpoint kinds; auto for --from-model and "
-                         "the mlx-* kinds: on when a float64 copy (8 bytes per parameter, held twice) "
+                         "the mlx-* kinds: on when the float64 oracle (about 28 bytes per parameter) "
                          "fits in half this machine's memory, else off, recorded in the golden as not "
                          "applicable here (off by choice is recorded as a coverage gap)")
     ap.add_argument("--variant", default=None,
