@@ -177,6 +177,9 @@ enum { PK_FUSED_MAX_M = 4 };
 /// PK_FUSED_MAX_M). Returns the previous bound. Either path gives the same bits.
 int pk_set_encoded_fused_rows(int m);
 
+/// This core's clock in Hz, measured by a chain of dependent adds (~0.2 s); 0 where not measured.
+double pk_probe_clock_hz(void);
+
 #ifdef __cplusplus
 }
 #endif
