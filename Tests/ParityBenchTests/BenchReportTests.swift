@@ -69,6 +69,32 @@ import Testing
         #expect(lines.contains("mlx: argmax 639, not 6"), "\(lines)")
     }
 
+    /// The q4 engines run on their own weights: compared with each other, bit for bit by digest.
+    @Test func q4EnginesAreCheckedAgainstEachOther() {
+        let logits = (0..<640).map { Float($0 % 7) - 3 }
+        var changed = logits
+        changed[1] = changed[1].nextUp
+        var lm = EngineResult(engine: "swift-lm", description: "f32")
+        lm.check = LogitsCheck(tokens: 16, logits: changed)
+        var q4 = EngineResult(engine: "swift-lm-q4", description: "q4")
+        q4.check = LogitsCheck(tokens: 16, logits: logits)
+        var mlx = EngineResult(engine: "mlx-lm-q4", description: "mlx q4")
+        mlx.check = LogitsCheck(tokens: 16, logits: logits)
+        var vlm = EngineResult(engine: "swift-vlm", description: "vlm")
+        vlm.check = LogitsCheck(tokens: 16, logits: logits)
+        let lines = BenchReport.checkLines([lm, q4, vlm, mlx]).joined(separator: "\n")
+        #expect(lines.contains("against swift-lm-q4"), "\(lines)")
+        #expect(lines.contains("mlx-lm-q4: same argmax (6); max |Δ| 0 with max |logit| 3; all 640 logits bit-identical (SHA-256)"), "\(lines)")
+        #expect(lines.contains("swift-vlm: same argmax (6); max |Δ| 0 with max |logit| 3; the 640 logits differ in bits (SHA-256)"), "\(lines)")
+    }
+
+    @Test func q4EnginesWithoutADirectoryAreSkippedWithTheWayToMakeOne() throws {
+        for kind in [EngineKind.swiftLMQ4, .mlxQ4] {
+            let result = try BenchRunner.runChild(kind, options: BenchOptions(), executable: "/nonexistent")
+            #expect(result.skipped?.contains("--make-checkpoint q4") == true, "\(result.skipped ?? "ran")")
+        }
+    }
+
     @Test func openBLASCoreFollowsTheCPUFlags() {
         #expect(BenchOptions.bestOpenBLASCore(cpuinfo: "processor : 0\nflags\t\t: fpu sse2 avx2 fma avx512f\n") == "SkylakeX")
         #expect(BenchOptions.bestOpenBLASCore(cpuinfo: "flags\t\t: fpu sse2 avx avx2 fma bmi2\n") == "Haswell")
