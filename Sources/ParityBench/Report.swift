@@ -145,13 +145,15 @@ public enum BenchReport {
         for bound in bounds {
             rows.append([bound.label] + plan.lengths.map { _ in "" } + [fmt(bound.tokensPerSecond), "", ""])
         }
-        // Ratios of medians, each Swift engine against each peer, measured in this one run.
+        // Ratios of medians, each Swift engine against each peer on the same weights (float32
+        // data or the q4 directory), measured in this one run.
         let measured = results.filter { $0.skipped == nil }
         let swift = measured.filter { EngineKind(rawValue: $0.engine)?.isSwift ?? false }
         let peers = measured.filter { !(EngineKind(rawValue: $0.engine)?.isSwift ?? false) }
+        func onDirectory(_ r: EngineResult) -> Bool { EngineKind(rawValue: r.engine)?.usesQ4Directory ?? false }
         var ratioRows: [[String]] = []
         for s in swift {
-            for p in peers {
+            for p in peers where onDirectory(p) == onDirectory(s) {
                 var cells = ["\(s.engine) / \(p.engine)"]
                 for L in plan.lengths {
                     let a = s.prefill?[String(L)].map { Summary($0).median }, b = p.prefill?[String(L)].map { Summary($0).median }

@@ -88,6 +88,23 @@ import Testing
         #expect(lines.contains("swift-vlm: same argmax (6); max |Δ| 0 with max |logit| 3; the 640 logits differ in bits (SHA-256)"), "\(lines)")
     }
 
+    @Test func ratiosPairEnginesOnTheSameWeights() {
+        var plan = MeasurementPlan()
+        plan.lengths = [16]
+        func result(_ name: String, _ decode: Double) -> EngineResult {
+            var r = EngineResult(engine: name, description: name)
+            r.prefill = ["16": [1]]
+            r.decode = [decode]
+            return r
+        }
+        let text = BenchReport.render([result("swift-lm", 4), result("swift-lm-q4", 8), result("mlx", 2), result("mlx-lm-q4", 1)],
+                                      plan: plan, config: Self.config, weightBytes: 1, rooflines: [],
+                                      bounds: [DecodeBound(label: "q4 bound", tokensPerSecond: 20, how: "how")])
+        #expect(text.contains("swift-lm / mlx ") && text.contains("swift-lm-q4 / mlx-lm-q4"), "\(text)")
+        #expect(!text.contains("swift-lm / mlx-lm-q4") && !text.contains("swift-lm-q4 / mlx "), "\(text)")
+        #expect(text.contains("8.00×") && text.contains("q4 bound: how"), "\(text)")
+    }
+
     @Test func q4EnginesWithoutADirectoryAreSkippedWithTheWayToMakeOne() throws {
         for kind in [EngineKind.swiftLMQ4, .mlxQ4] {
             let result = try BenchRunner.runChild(kind, options: BenchOptions(), executable: "/nonexistent")
