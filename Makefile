@@ -115,10 +115,11 @@ sweep: build venv
 	  --checker $$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/qwen-parity $(SWEEP_ARGS)
 
 ## bench: the Swift mirror against mlx-lm and torch on the Qwen3.5-0.8B shape (BENCH_ARGS=... for options);
-## installs the CPU-only torch and transformers (venv-torch) when missing, for the torch engine
+## installs the CPU-only torch and transformers (venv-torch) when missing, for the torch engine.
+## Q4_DIR=DIR adds the q4 engines on that quantized model directory (README: Benchmark)
 BENCH_DATA := bench-data/qwen3.5-0.8b.h5
 bench: build venv-torch $(BENCH_DATA)
-	$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/qwen-parity bench --data $(BENCH_DATA) $(BENCH_ARGS)
+	$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/qwen-parity bench --data $(BENCH_DATA) $(if $(Q4_DIR),--q4-dir $(Q4_DIR)) $(BENCH_ARGS)
 
 $(BENCH_DATA): tools/bench/qwen3.5-0.8b-text.json | venv
 	$(PYTHON) tools/bench.py weights --config $< --out $@

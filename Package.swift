@@ -37,10 +37,10 @@ let package = Package(
         // Scenarios, invariants, tolerances, reports, golden provenance.
         .target(name: "ParityEngine", dependencies: ["ParityCore", "ParityTensor", "GoldenIO", "LMMirror", "VLMMirror", "UnifiedModel", "Checkpoint"]),
         // Side-by-side benchmark: the Swift mirror against the Python peers, each in its own process.
-        .target(name: "ParityBench", dependencies: ["ParityEngine", "LMMirror", "VLMMirror", "ParityCore", "ParityTensor", "GoldenIO"]),
+        .target(name: "ParityBench", dependencies: ["ParityEngine", "LMMirror", "VLMMirror", "ParityCore", "ParityTensor", "GoldenIO", "Checkpoint"]),
         // Command-line commands (the executable only calls into this).
         .target(name: "ParityCLI", dependencies: [
-            "ParityEngine", "ParityBench",
+            "ParityEngine", "ParityBench", "ParityCore", "ParityTensor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "qwen-parity", dependencies: ["ParityCLI"]),

@@ -22,6 +22,8 @@ the BLAS it ran with. Engines:
          (golden.lm_paths.build_model), weights loaded strictly.
   torch  transformers' Qwen3_5ForCausalLM on torch CPU; the runtime weights are converted to the
          Hugging Face layout (norms minus 1, conv1d [C,1,K], names without language_model.).
+  mlx-q4 mlx-lm on a quantized model directory (--model-dir), loaded by mlx_lm.utils.load_model
+         itself; the prompt still comes from --data.
 """
 
 from __future__ import annotations
@@ -162,11 +164,13 @@ def measure(engine, prompt: np.ndarray, lengths: list[int], decode_steps: int,
 
 def logits_check(logits: np.ndarray) -> dict:
     """A fingerprint of one engine's last logits that the report compares across engines
-    (loosely: the engines round differently, only gross errors show)."""
+    (loosely: the engines round differently, only gross errors show), and the SHA-256 of all of
+    them as little-endian float32, for engines that should agree bit for bit."""
     logits = np.asarray(logits, dtype=np.float32).reshape(-1)
     stride = max(1, logits.size // CHECK_SAMPLES)
     return {"tokens": CHECK_TOKENS, "argmax": int(logits.argmax()),
-            "stride": stride, "sample": [float(x) for x in logits[::stride][:CHECK_SAMPLES]]}
+            "stride": stride, "sample": [float(x) for x in logits[::stride][:CHECK_SAMPLES]],
+            "count": int(logits.size), "sha256": hashlib.sha256(logits.astype("<f4").tobytes()).hexdigest()}
 
 
 class MLXEngine:
@@ -225,6 +229,33 @@ class MLXEngine:
             logits = self._logits_last(token[:, None], cache)
             mx.eval(logits)
         return time.perf_counter() - start
+
+
+class MLXDirectoryEngine(MLXEngine):
+    """mlx-lm on a model directory (a quantized checkpoint), loaded by mlx-lm's own loader."""
+
+    name = "mlx-q4"
+
+    def __init__(self, model_dir: Path):
+        import mlx.core as mx
+        import mlx_lm
+        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.utils import load_model
+
+        mx.set_default_device(mx.cpu)
+        self.mx, self.make_prompt_cache = mx, make_prompt_cache
+        self.model, config = load_model(Path(model_dir))
+        mx.eval(self.model.parameters())
+        self.lm = self.model.language_model
+        self.tied = bool(self.lm.args.tie_word_embeddings)
+        q = config.get("quantization", {})
+        self.description = (f"mlx-lm {mlx_lm.__version__} on mlx {mx.__version__} (cpu), "
+                            f"{q.get('bits', '?')}-bit/group {q.get('group_size', '?')} model directory")
+
+
+def directory_bytes(model_dir: Path) -> int:
+    """Bytes of the weight files: what a decode step reads once."""
+    return sum(p.stat().st_size for p in Path(model_dir).glob("model*.safetensors"))
 
 
 class TorchEngine:
@@ -328,10 +359,16 @@ def run(args) -> int:
     lengths = [int(x) for x in args.lengths.split(",")]
     if max(lengths) > len(prompt) or args.decode_context > len(prompt):
         raise SystemExit(f"bench.py: the data file holds a {len(prompt)}-token prompt")
+    if args.engine == "mlx-q4":
+        if args.model_dir is None:
+            raise SystemExit("bench.py: --engine mlx-q4 needs --model-dir")
+        weight_bytes = directory_bytes(args.model_dir)
     started = time.monotonic()
     try:
         if args.engine == "mlx":
             engine = MLXEngine(args.data)
+        elif args.engine == "mlx-q4":
+            engine = MLXDirectoryEngine(args.model_dir)
         else:
             engine = TorchEngine(args.data, args.threads)
     except ImportError as exc:
@@ -363,8 +400,9 @@ def main(argv=None) -> int:
     w.add_argument("--out", type=Path, required=True)
     w.add_argument("--seed", type=int, default=SEED)
     r = sub.add_parser("run", help="time one engine; prints a JSON line")
-    r.add_argument("--engine", choices=["mlx", "torch"], required=True)
+    r.add_argument("--engine", choices=["mlx", "mlx-q4", "torch"], required=True)
     r.add_argument("--data", type=Path, required=True)
+    r.add_argument("--model-dir", type=Path, help="the model directory of --engine mlx-q4")
     r.add_argument("--lengths", default="16,128,512")
     r.add_argument("--decode-steps", type=int, default=32)
     r.add_argument("--decode-context", type=int, default=16)

@@ -1,4 +1,6 @@
+import Checkpoint
 import Foundation
+import LMMirror
 import ParityTensor
 
 // The engines `qwen-parity bench` runs, each in a process of its own (so peak RSS is its own):
@@ -19,12 +21,20 @@ public enum EngineKind: String, CaseIterable, Sendable {
     case mlxOpenBLAS = "mlx-openblas"
     /// transformers' Qwen 3.5 on torch CPU.
     case torch
+    /// The lm mirror on a quantized model directory (--q4-dir), its matrices left packed.
+    case swiftLMQ4 = "swift-lm-q4"
+    /// mlx-lm on the same directory, loaded by mlx_lm.utils.load_model.
+    case mlxQ4 = "mlx-lm-q4"
 
-    public var isSwift: Bool { [.swiftLM, .swiftVLM, .swiftLMOpenBLAS, .swiftLMFMA].contains(self) }
+    public var isSwift: Bool { [.swiftLM, .swiftVLM, .swiftLMOpenBLAS, .swiftLMFMA, .swiftLMQ4].contains(self) }
     public var usesOpenBLASCore: Bool { self == .swiftLMOpenBLAS || self == .mlxOpenBLAS }
+    /// Runs on the model directory of --q4-dir instead of the float32 bench data.
+    public var usesQ4Directory: Bool { self == .swiftLMQ4 || self == .mlxQ4 }
 
-    /// The default line-up: the exact Swift path against every peer, then the fast mode.
-    public static let defaults: [EngineKind] = [.swiftLM, .swiftVLM, .swiftLMOpenBLAS, .swiftLMFMA, .mlx, .mlxOpenBLAS, .torch]
+    /// The default line-up: the exact Swift path against every peer, then the fast mode, then the
+    /// quantized pair (skipped without --q4-dir).
+    public static let defaults: [EngineKind] = [.swiftLM, .swiftVLM, .swiftLMOpenBLAS, .swiftLMFMA, .mlx, .mlxOpenBLAS, .torch,
+                                                .swiftLMQ4, .mlxQ4]
 }
 
 public struct BenchOptions: Sendable {
@@ -39,7 +49,13 @@ public struct BenchOptions: Sendable {
     public var openBLASCore: String? = BenchOptions.bestOpenBLASCore()
     /// Where Debian's OpenBLAS lives, for preloading into mlx.
     public var openBLASLibrary = "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"
+    /// A quantized model directory of the bench's shape, for the q4 engines (nil: they are skipped).
+    public var q4Directory: String?
     public init() {}
+
+    /// How to make the directory the q4 engines need.
+    public static let q4Hint = "pass --q4-dir DIR (make one with: tools/.venv/bin/python tools/make_golden.py "
+        + "--config tools/bench/qwen3.5-0.8b-text.json --make-checkpoint q4 --out DIR)"
 
     /// The widest OpenBLAS core this CPU runs: SkylakeX needs AVX-512F (forced on a CPU without
     /// it, OpenBLAS dies of an illegal instruction), Haswell AVX2 and FMA; else the library's choice.
@@ -61,7 +77,20 @@ public enum SwiftEngine {
         }
         let data = try BenchData(path: options.dataPath)
         var model: BenchModel?
-        let load = try Measurement.seconds { model = kind == .swiftVLM ? try data.vlmModel() : try data.lmModel() }
+        var directory: ModelDirectory?
+        let load = try Measurement.seconds {
+            if kind == .swiftLMQ4 {
+                guard let path = options.q4Directory else { throw BenchError.engine("\(kind.rawValue): " + BenchOptions.q4Hint) }
+                let dir = try ModelDirectory(path: path)
+                guard dir.config.vocabSize == data.config.vocabSize else {
+                    throw BenchError.data("\(path): vocabulary of \(dir.config.vocabSize), the bench prompt's is \(data.config.vocabSize)")
+                }
+                model = LMTextModel(config: dir.config, weights: dir.weights)
+                directory = dir
+            } else {
+                model = kind == .swiftVLM ? try data.vlmModel() : try data.lmModel()
+            }
+        }
         let gemm: String
         switch wanted {
         case .sequential: gemm = "in-order kernel (\(MatrixProduct.kernelName), \(MatrixProduct.threads) threads)"
@@ -69,14 +98,15 @@ public enum SwiftEngine {
         case .openblas: gemm = "OpenBLAS sgemm (\(MatrixProduct.openBLASCore), \(MatrixProduct.openBLASThreads) threads)"
         }
         let mirror = kind == .swiftVLM ? "vlm" : "lm"
-        var result = EngineResult(engine: kind.rawValue, description: "Swift \(mirror) mirror, \(gemm)")
+        let weights = directory.map { ", packed checkpoint: \($0.summary.text)" } ?? ""
+        var result = EngineResult(engine: kind.rawValue, description: "Swift \(mirror) mirror, \(gemm)\(weights)")
         log(String(format: "%@: %@; loaded in %.1f s", kind.rawValue, result.description!, load))
         let measured = try Measurement.run(model!, prompt: data.prompt, plan: options.plan, name: kind.rawValue, log: log)
         result.prefill = measured.prefill
         result.decode = measured.decode
         result.check = measured.check
         result.loadSeconds = load
-        result.weightsBytes = data.weightBytes
+        result.weightsBytes = directory.map { BenchOptions.directoryBytes($0.path) } ?? data.weightBytes
         result.peakRSSBytes = Measurement.peakRSSBytes()
         if wanted == .openblas {
             result.blas = BLASInfo(openblasCore: MatrixProduct.openBLASCore, openblasThreads: MatrixProduct.openBLASThreads)
@@ -120,9 +150,13 @@ public enum BenchRunner {
 
     static func runChild(_ kind: EngineKind, options: BenchOptions, executable: String) throws -> EngineResult {
         let plan = options.plan
-        let common = ["--data", options.dataPath, "--lengths", plan.lengths.map(String.init).joined(separator: ","),
+        var common = ["--data", options.dataPath, "--lengths", plan.lengths.map(String.init).joined(separator: ","),
                       "--decode-steps", String(plan.decodeSteps), "--decode-context", String(plan.decodeContext),
                       "--repeats", String(plan.repeats)]
+        if kind.usesQ4Directory {
+            guard let dir = options.q4Directory else { return EngineResult(engine: kind.rawValue, skipped: "no q4 model directory: " + BenchOptions.q4Hint) }
+            common += kind.isSwift ? ["--q4-dir", dir] : ["--model-dir", dir]
+        }
         let process = Process()
         if kind.isSwift {
             process.executableURL = URL(fileURLWithPath: executable)
@@ -135,7 +169,7 @@ public enum BenchRunner {
                 return EngineResult(engine: kind.rawValue, skipped: "no OpenBLAS at \(options.openBLASLibrary) to preload")
             }
             process.executableURL = URL(fileURLWithPath: options.python)
-            let engine = kind == .torch ? "torch" : "mlx"
+            let engine = kind == .torch ? "torch" : kind == .mlxQ4 ? "mlx-q4" : "mlx"
             process.arguments = [options.script, "run", "--engine", engine, "--threads", String(options.threads)] + common
         }
         process.environment = childEnvironment(kind, options)
@@ -154,5 +188,16 @@ public enum BenchRunner {
         var result = try JSONDecoder().decode(EngineResult.self, from: Data(line.utf8))
         result.engine = kind.rawValue
         return result
+    }
+}
+
+extension BenchOptions {
+    /// Bytes of a model directory's weight files (model*.safetensors): what one decode step reads.
+    public static func directoryBytes(_ path: String) -> Int {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        return names.filter { $0.hasPrefix("model") && $0.hasSuffix(".safetensors") }.reduce(0) { total, name in
+            let attributes = try? FileManager.default.attributesOfItem(atPath: path + "/" + name)
+            return total + ((attributes?[.size] as? Int) ?? 0)
+        }
     }
 }

@@ -52,4 +52,68 @@ public enum KernelBench {
                           s.name as NSString, s.m, s.n, s.k, flops, bytes)
         }
     }
+
+    /// Bytes an `EncodedMatrix` built here reads, freed with the matrix.
+    final class Storage {
+        let pointer: UnsafeMutableRawPointer
+        init<T>(_ values: [T]) {
+            pointer = .allocate(byteCount: max(1, values.count * MemoryLayout<T>.stride), alignment: 16)
+            values.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        }
+        deinit { pointer.deallocate() }
+    }
+
+    final class Owners {
+        let all: [Storage]
+        init(_ all: [Storage]) { self.all = all }
+    }
+
+    /// A 4-bit, group-64 matrix with float32 scales (the q4 bench checkpoint's form), random.
+    static func q4Matrix(rows: Int, columns: Int) -> EncodedMatrix {
+        var state: UInt64 = 0x2545_F491_4F6C_DD1D
+        let words = Storage((0..<(rows * columns / 8)).map { _ -> UInt32 in
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return UInt32(truncatingIfNeeded: state >> 29)
+        })
+        let groups = rows * columns / 64
+        let scales = Storage(values(groups, seed: 3).map { 0.01 + abs($0) * 0.05 }), biases = Storage(values(groups, seed: 4))
+        return EncodedMatrix(owner: Owners([words, scales, biases]), values: words.pointer, scales: scales.pointer,
+                             biases: biases.pointer, rows: rows, columns: columns,
+                             encoding: .affine(bits: 4, groupSize: 64, scales: .float32))
+    }
+
+    /// Nanoseconds per weight of one q4 product `x[m, K] · Wᵀ` on this thread alone: the median
+    /// over `repeats` timed runs of at least `seconds` each. `registerPath` false forces the
+    /// panel path (the one every product took before the register path).
+    public static func q4NanosecondsPerWeight(rows: Int = 6144, columns: Int = 1024, m: Int = 1, registerPath: Bool = true,
+                                              repeats: Int = 3, seconds: Double = 0.3) -> Double {
+        let w = q4Matrix(rows: rows, columns: columns)
+        let x = values(m * columns, seed: 5)
+        let previous = EncodedMatrix.setRegisterPathRows(registerPath ? 64 : 0)   // the kernel caps it at its largest
+        defer { EncodedMatrix.setRegisterPathRows(previous) }
+        _ = w.product(x, m: m, parallel: false)
+        var perCall: [Double] = []
+        for _ in 0..<repeats {
+            var calls = 0
+            let start = DispatchTime.now().uptimeNanoseconds
+            var elapsed = 0.0
+            while elapsed < seconds {
+                _ = w.product(x, m: m, parallel: false)
+                calls += 1
+                elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            }
+            perCall.append(elapsed / Double(calls))
+        }
+        return Summary(perCall).median * 1e9 / Double(rows * columns)
+    }
+
+    /// The q4 product at decode row counts, register path against panel path, in one run.
+    public static func q4Lines() -> [String] {
+        [1, 2, 4].flatMap { m in
+            [("register", true), ("panel", false)].map { name, register in
+                let ns = q4NanosecondsPerWeight(m: m, registerPath: register)
+                return String(format: "q4 (f32 scales) 6144×1024 M=%d, %@ path: %.3f ns per weight, one thread", m, name as NSString, ns)
+            }
+        }
+    }
 }

@@ -1,3 +1,4 @@
+import Checkpoint
 import Foundation
 import LMMirror
 import ParityCore
@@ -67,7 +68,8 @@ public struct EngineResult: Codable, Sendable {
 
 /// A fingerprint of one engine's last logits after a prefill of `tokens` prompt tokens: its
 /// argmax and `sample` = logits[0, stride, 2·stride, …]. The report compares engines with it, a
-/// loose sanity check (the engines round differently), never a gate.
+/// loose sanity check (the engines round differently), never a gate. `sha256` digests all
+/// `count` logits as little-endian float32: equal digests are equal bits.
 public struct LogitsCheck: Codable, Sendable, Equatable {
     public static let tokens = 16
     public static let samples = 64
@@ -75,6 +77,8 @@ public struct LogitsCheck: Codable, Sendable, Equatable {
     public var argmax: Int
     public var stride: Int
     public var sample: [Float]
+    public var count: Int?
+    public var sha256: String?
 
     public init(tokens: Int, logits: [Float]) {
         self.tokens = tokens
@@ -82,6 +86,10 @@ public struct LogitsCheck: Codable, Sendable, Equatable {
         let stride = max(1, logits.count / LogitsCheck.samples)
         self.stride = stride
         sample = (0..<LogitsCheck.samples).map { $0 * stride }.filter { $0 < logits.count }.map { logits[$0] }
+        count = logits.count
+        var digest = SHA256()
+        digest.update(logits.withUnsafeBufferPointer { Data(buffer: $0) })   // little-endian on every host we run
+        sha256 = digest.finalize()
     }
 }
 

@@ -59,6 +59,19 @@ public struct Roofline: Sendable {
     }
 }
 
+/// A decode-only bound in tokens/s with how it was reached (the q4 rows of the table).
+public struct DecodeBound: Sendable {
+    public var label: String
+    public var tokensPerSecond: Double
+    public var how: String
+
+    public init(label: String, tokensPerSecond: Double, how: String) {
+        self.label = label
+        self.tokensPerSecond = tokensPerSecond
+        self.how = how
+    }
+}
+
 public enum BenchReport {
     static func rate(_ values: [Double]?) -> String {
         guard let values, !values.isEmpty else { return "–" }
@@ -79,22 +92,30 @@ public enum BenchReport {
         s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
     }
 
-    /// Every engine's logits fingerprint against the first engine's (swift-lm by default): does
-    /// the argmax agree, and how far apart are the sampled logits next to their scale.
+    /// Every engine's logits fingerprint against the first engine's on the same weights (swift-lm
+    /// by default; the q4 engines against the first q4 engine): does the argmax agree, how far
+    /// apart are the sampled logits next to their scale, and are all logits the same bits.
     static func checkLines(_ results: [EngineResult]) -> [String] {
-        let checked = results.filter { $0.check != nil }
-        guard let reference = checked.first, let ref = reference.check, checked.count > 1 else { return [] }
-        var lines = ["", "logits check, not a gate: the last logits of a \(ref.tokens)-token prefill at \(ref.sample.count) "
-                     + "sampled vocabulary entries, against \(reference.engine)"]
-        let scale = ref.sample.map { abs($0) }.max() ?? 0
-        for r in checked.dropFirst() {
-            guard let c = r.check, c.tokens == ref.tokens, c.stride == ref.stride, c.sample.count == ref.sample.count else {
-                lines.append("  \(r.engine): not comparable (another prefill length or sampling)")
-                continue
+        var lines: [String] = []
+        for onDirectory in [false, true] {
+            let checked = results.filter { $0.check != nil && (EngineKind(rawValue: $0.engine)?.usesQ4Directory ?? false) == onDirectory }
+            guard let reference = checked.first, let ref = reference.check, checked.count > 1 else { continue }
+            lines += ["", "logits check, not a gate: the last logits of a \(ref.tokens)-token prefill at \(ref.sample.count) "
+                      + "sampled vocabulary entries, against \(reference.engine)"]
+            let scale = ref.sample.map { abs($0) }.max() ?? 0
+            for r in checked.dropFirst() {
+                guard let c = r.check, c.tokens == ref.tokens, c.stride == ref.stride, c.sample.count == ref.sample.count else {
+                    lines.append("  \(r.engine): not comparable (another prefill length or sampling)")
+                    continue
+                }
+                let delta = zip(c.sample, ref.sample).map { abs($0 - $1) }.max() ?? 0
+                let agree = c.argmax == ref.argmax ? "same argmax (\(c.argmax))" : "argmax \(c.argmax), not \(ref.argmax)"
+                var line = String(format: "  %@: %@; max |Δ| %.3g with max |logit| %.3g", r.engine, agree, delta, scale)
+                if let a = c.sha256, let b = ref.sha256, let n = c.count, n == ref.count {
+                    line += a == b ? "; all \(n) logits bit-identical (SHA-256)" : "; the \(n) logits differ in bits (SHA-256)"
+                }
+                lines.append(line)
             }
-            let delta = zip(c.sample, ref.sample).map { abs($0 - $1) }.max() ?? 0
-            let agree = c.argmax == ref.argmax ? "same argmax (\(c.argmax))" : "argmax \(c.argmax), not \(ref.argmax)"
-            lines.append(String(format: "  %@: %@; max |Δ| %.3g with max |logit| %.3g", r.engine, agree, delta, scale))
         }
         return lines
     }
@@ -102,7 +123,7 @@ public enum BenchReport {
     /// The table: one row per engine (median (min–max) tokens/s over the repeats), the roofline
     /// rows, then Swift/peer ratios of the medians and what each engine ran with.
     public static func render(_ results: [EngineResult], plan: MeasurementPlan, config: TextConfig,
-                              weightBytes: Int, rooflines: [Roofline]) -> String {
+                              weightBytes: Int, rooflines: [Roofline], bounds: [DecodeBound] = []) -> String {
         let columns = plan.lengths.map { "prefill \($0)" } + ["decode (\(plan.decodeSteps) steps)", "peak RSS", "RSS/weights"]
         var rows: [[String]] = []
         for r in results {
@@ -111,7 +132,7 @@ public enum BenchReport {
             row += plan.lengths.map { rate(r.prefill?[String($0)]) }
             row.append(rate(r.decode))
             row.append(gb(r.peakRSSBytes))
-            row.append(r.peakRSSBytes.map { String(format: "%.2f×", Double($0) / Double(weightBytes)) } ?? "–")
+            row.append(r.peakRSSBytes.map { String(format: "%.2f×", Double($0) / Double(r.weightsBytes ?? weightBytes)) } ?? "–")
             rows.append(row)
         }
         for roof in rooflines {
@@ -121,13 +142,18 @@ public enum BenchReport {
             row += ["", ""]
             rows.append(row)
         }
-        // Ratios of medians, each Swift engine against each peer, measured in this one run.
+        for bound in bounds {
+            rows.append([bound.label] + plan.lengths.map { _ in "" } + [fmt(bound.tokensPerSecond), "", ""])
+        }
+        // Ratios of medians, each Swift engine against each peer on the same weights (float32
+        // data or the q4 directory), measured in this one run.
         let measured = results.filter { $0.skipped == nil }
         let swift = measured.filter { EngineKind(rawValue: $0.engine)?.isSwift ?? false }
         let peers = measured.filter { !(EngineKind(rawValue: $0.engine)?.isSwift ?? false) }
+        func onDirectory(_ r: EngineResult) -> Bool { EngineKind(rawValue: r.engine)?.usesQ4Directory ?? false }
         var ratioRows: [[String]] = []
         for s in swift {
-            for p in peers {
+            for p in peers where onDirectory(p) == onDirectory(s) {
                 var cells = ["\(s.engine) / \(p.engine)"]
                 for L in plan.lengths {
                     let a = s.prefill?[String(L)].map { Summary($0).median }, b = p.prefill?[String(L)].map { Summary($0).median }
@@ -177,6 +203,7 @@ public enum BenchReport {
             lines.append(String(format: "  %@: %.0f GFLOP/s, %.1f GB/s, %.2f GB of weights read per forward",
                                 roof.label, roof.peakFLOPs / 1e9, roof.bandwidth / 1e9, Double(weightBytes) / 1e9))
         }
+        for bound in bounds { lines.append("  \(bound.label): \(bound.how)") }
         return lines.joined(separator: "\n")
     }
 }

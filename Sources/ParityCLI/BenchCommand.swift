@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ParityBench
+import ParityCore
 import ParityTensor
 
 /// Options every bench command shares: what to measure.
@@ -19,6 +20,9 @@ struct BenchPlanOptions: ParsableArguments {
 
     @Option(help: "Repeats of every measurement (the table shows median and min–max).")
     var repeats = 3
+
+    @Option(help: "A quantized model directory of the bench's shape for swift-lm-q4 and mlx-lm-q4 (without it they are skipped).")
+    var q4Dir: String?
 
     func plan() throws -> MeasurementPlan {
         var plan = MeasurementPlan()
@@ -43,6 +47,8 @@ public struct Bench: ParsableCommand {
         Decode: greedy single-token calls after a short prefill. The table shows tokens/s as
         median (min–max) over the repeats, peak RSS of each process, two roofline rows, and
         Swift/peer ratios of the medians. Only the OpenBLAS engines get OPENBLAS_CORETYPE.
+        swift-lm-q4 and mlx-lm-q4 run on the quantized model directory of --q4-dir (skipped
+        without it) and add three q4 decode bounds to the table.
         """)
 
     @OptionGroup var plan: BenchPlanOptions
@@ -65,6 +71,9 @@ public struct Bench: ParsableCommand {
     @Option(help: "Peak FMA throughput for the roofline, GFLOP/s (default: cores × clock × 64).")
     var peakGflops: Double?
 
+    @Option(help: "Vector instructions one core issues per cycle, for the q4 exact-arithmetic bound (Zen 3: 2 multiply + 2 add pipes).")
+    var vectorPipes = 4.0
+
     @Option(help: "Also write the results as JSON here.")
     var json: String?
 
@@ -74,6 +83,7 @@ public struct Bench: ParsableCommand {
         var options = BenchOptions()
         options.dataPath = plan.data
         options.plan = try plan.plan()
+        options.q4Directory = plan.q4Dir
         options.python = python
         options.threads = threads
         if let openblasCore { options.openBLASCore = openblasCore.isEmpty ? nil : openblasCore }
@@ -96,12 +106,43 @@ public struct Bench: ParsableCommand {
         ]
         print(String(format: "Qwen3.5-0.8B text shape, float32, random weights (%@, %.2f GB), %d repeats; tokens/s as median (min–max)",
                      options.dataPath, Double(data.weightBytes) / 1e9, options.plan.repeats))
-        print(BenchReport.render(results, plan: options.plan, config: data.config, weightBytes: data.weightBytes, rooflines: rooflines))
+        let bounds = options.q4Directory.map { q4Bounds(directory: $0, config: data.config, threads: options.threads) } ?? []
+        print(BenchReport.render(results, plan: options.plan, config: data.config, weightBytes: data.weightBytes,
+                                 rooflines: rooflines, bounds: bounds))
         if let json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             try encoder.encode(results).write(to: URL(fileURLWithPath: json))
         }
+    }
+}
+
+extension Bench {
+    /// The q4 decode bounds: bandwidth, the instruction count of exact arithmetic, and the
+    /// measured register-path kernel. Weights per token: every matrix once (a tied embedding
+    /// as the lm head; an untied one's lookup is one row, left out).
+    func q4Bounds(directory: String, config: TextConfig, threads: Int) -> [DecodeBound] {
+        let bytes = Double(BenchOptions.directoryBytes(directory))
+        var weights = 0.0
+        for (name, shape) in WeightNames.expected(for: config) where shape.count >= 2 {
+            if name == WeightNames.embedTokens && !(config.tieWordEmbeddings ?? false) { continue }
+            weights += Double(shape.reduce(1, *))
+        }
+        let clock = MatrixProduct.measuredClockHz() ?? Roofline.nominalClock() ?? 2.3e9
+        let ns = KernelBench.q4NanosecondsPerWeight()
+        let cores = Double(threads)
+        return [
+            DecodeBound(label: "q4 roofline, bandwidth", tokensPerSecond: bandwidthGBs * 1e9 / bytes,
+                        how: String(format: "%.3f GB read per token (the model*.safetensors of %@) at %.1f GB/s (--bandwidth-gbs)",
+                                    bytes / 1e9, directory, bandwidthGBs)),
+            DecodeBound(label: "q4 bound, exact arithmetic", tokensPerSecond: cores * clock * vectorPipes * 8 / (7 * weights),
+                        how: String(format: "7 vector instructions per 8 weights at M = 1 (shift, and, convert, s·q, +β, ·x, +acc; "
+                                    + "no FMA), %.0f per cycle (--vector-pipes), 8 lanes, %.2f GHz measured, %d cores, %.3f G weights per token",
+                                    vectorPipes, clock / 1e9, threads, weights / 1e9)),
+            DecodeBound(label: "q4 bound, measured kernel", tokensPerSecond: cores / (ns * 1e-9 * weights),
+                        how: String(format: "the register-path q4 product alone, M = 1, 6144×1024, f32 scales: %.3f ns per weight "
+                                    + "on one thread, times %d threads, %.3f G weights per token", ns, threads, weights / 1e9)),
+        ]
     }
 }
 
@@ -112,7 +153,7 @@ public struct BenchEngine: ParsableCommand {
         abstract: "Time one Swift engine in this process and print its result as a JSON line (used by 'bench').",
         shouldDisplay: false)
 
-    @Argument(help: "swift-lm, swift-vlm, swift-lm-openblas or swift-lm-fma.")
+    @Argument(help: "swift-lm, swift-vlm, swift-lm-openblas, swift-lm-fma or swift-lm-q4.")
     var engine: String
 
     @OptionGroup var plan: BenchPlanOptions
@@ -121,11 +162,12 @@ public struct BenchEngine: ParsableCommand {
 
     public func run() throws {
         guard let kind = EngineKind(rawValue: engine), kind.isSwift else {
-            throw ValidationError("bench-engine runs swift-lm, swift-vlm, swift-lm-openblas or swift-lm-fma, not '\(engine)'")
+            throw ValidationError("bench-engine runs swift-lm, swift-vlm, swift-lm-openblas, swift-lm-fma or swift-lm-q4, not '\(engine)'")
         }
         var options = BenchOptions()
         options.dataPath = plan.data
         options.plan = try plan.plan()
+        options.q4Directory = plan.q4Dir
         let result = try SwiftEngine.run(kind, options: options) { line in
             FileHandle.standardError.write(Data(("bench: " + line + "\n").utf8))
         }
@@ -146,6 +188,9 @@ public struct BenchKernel: ParsableCommand {
     @Option(help: "Kernel instruction set for in-order: avx512f, avx2 or generic (default: the CPU's best).")
     var kernel: String?
 
+    @Flag(help: "Also time the packed q4 product at M = 1, 2, 4 on the register path and the panel path.")
+    var q4 = false
+
     public init() {}
 
     public func run() throws {
@@ -156,5 +201,6 @@ public struct BenchKernel: ParsableCommand {
             : "OpenBLAS sgemm, core \(MatrixProduct.openBLASCore), \(MatrixProduct.openBLASThreads) threads"
         print(what)
         for line in KernelBench.run(backend: chosen) { print("  " + line) }
+        if q4 { for line in KernelBench.q4Lines() { print("  " + line) } }
     }
 }

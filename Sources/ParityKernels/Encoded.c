@@ -3,6 +3,7 @@
 // a buffer the in-order kernel reads. The decoded values are those of a dense copy, bit for bit,
 // and the kernel sums every element in the same order, so the product has the dense product's bits
 // while the model takes its stored size in memory instead of four bytes per parameter.
+// A decode step (M ≤ PK_FUSED_MAX_M) skips the panel: values are decoded and summed in registers.
 
 #include "ParityKernels.h"
 
@@ -200,12 +201,9 @@ enum { BLOCK_ROWS = 8 };
 
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 
-// Columns q0 … q0+7 of eight decoded rows (`rows`, row-major, stride k) into the panel at
-// column jb: an 8×8 transpose in registers, one 32-byte store per panel row.
-static inline __attribute__((always_inline))
-void transpose8(const float *rows, int k, int q0, float *panel, int jb) {
-    v8 r[8], t[8], u[8];
-    for (int i = 0; i < 8; i++) memcpy(&r[i], rows + (size_t)i * k + q0, sizeof(v8));
+// In place: r[c] becomes column c of the 8×8 matrix whose rows were r[0 … 7] (moves only).
+static inline __attribute__((always_inline)) void transpose_regs(v8 r[8]) {
+    v8 t[8], u[8];
     for (int i = 0; i < 8; i += 2) {
         t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
         t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
@@ -217,11 +215,19 @@ void transpose8(const float *rows, int k, int q0, float *panel, int jb) {
         u[i + 3] = __builtin_shufflevector(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
     }
     for (int c = 0; c < 4; c++) {
-        const v8 low = __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
-        const v8 high = __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
-        memcpy(panel + (size_t)(q0 + c) * PK_PANEL + jb, &low, sizeof(v8));
-        memcpy(panel + (size_t)(q0 + c + 4) * PK_PANEL + jb, &high, sizeof(v8));
+        r[c] = __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        r[c + 4] = __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
     }
+}
+
+// Columns q0 … q0+7 of eight decoded rows (`rows`, row-major, stride k) into the panel at
+// column jb: an 8×8 transpose in registers, one 32-byte store per panel row.
+static inline __attribute__((always_inline))
+void transpose8(const float *rows, int k, int q0, float *panel, int jb) {
+    v8 r[8];
+    for (int i = 0; i < 8; i++) memcpy(&r[i], rows + (size_t)i * k + q0, sizeof(v8));
+    transpose_regs(r);
+    for (int c = 0; c < 8; c++) memcpy(panel + (size_t)(q0 + c) * PK_PANEL + jb, &r[c], sizeof(v8));
 }
 
 // Panels [first, last): decode each into `panel` ([K][64], zero-padded) and multiply. Rows are
@@ -270,7 +276,263 @@ static void encoded_task(void *ctx, int task) {
     if (last > first) encoded_panels(j, first, last);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Few rows of A (a decode step): no panel. Vector lanes are 8 rows of W, each lane walks its
+// own row's k in order, and every step is acc = acc + w·x rounded twice: the panel kernel's sum
+// for every element. 4- and 8-bit words of 8 rows are transposed 8×8 before they are decoded,
+// one transpose per 64 words instead of one per 64 values; FUSED_NB groups of 8 rows run side
+// by side because each lane's sum is a chain whose add latency would otherwise set the pace.
+
+// Two groups of 8 rows keep every value in registers (16 ymm); four spilled and ran slower.
+enum { FUSED_NB = 2, FUSED_ROWS = 8 * FUSED_NB };
+
+// The eight-lane helpers below are always inlined: no vector crosses a call, whatever the ABI.
+#pragma clang diagnostic ignored "-Wpsabi"
+
+static int fused_max_m = PK_FUSED_MAX_M;
+
+int pk_set_encoded_fused_rows(int m) {
+    const int previous = fused_max_m;
+    fused_max_m = m < 0 ? 0 : m > PK_FUSED_MAX_M ? PK_FUSED_MAX_M : m;
+    return previous;
+}
+
+typedef uint32_t u8v __attribute__((vector_size(32), aligned(4)));
+typedef int32_t i8v __attribute__((vector_size(32), aligned(4)));
+typedef _Float16 h8v __attribute__((vector_size(16), aligned(2)));
+
+// round_bf16 and round_f16 on eight lanes.
+static inline __attribute__((always_inline)) v8 round_bf16_v(v8 x) {
+    u8v bits;
+    memcpy(&bits, &x, sizeof bits);
+    bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+static inline __attribute__((always_inline)) v8 round_f16_v(v8 x) {
+    return __builtin_convertvector(__builtin_convertvector(x, h8v), v8);
+}
+
+// affine_value on eight lanes, the same two roundings.
+static inline __attribute__((always_inline)) v8 affine_v(v8 s, v8 q, v8 b, const int type) {
+    if (type == PK_SCALE_F32) {
+        const v8 product = s * q;
+        return product + b;
+    }
+    if (type == PK_SCALE_BF16) {
+        const v8 product = round_bf16_v(s * q);
+        return round_bf16_v(product + b);
+    }
+    const v8 product = round_f16_v(s * q);
+    return round_f16_v(product + b);
+}
+
+static inline __attribute__((always_inline)) uint32_t load32(const unsigned char *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+// Lanes past N hold a copy of row N-1; only lanes < N are stored.
+static inline __attribute__((always_inline)) void store_lanes(float *c, v8 acc, int j0, int n) {
+    if (j0 + 8 <= n) { memcpy(c + j0, &acc, sizeof acc); return; }
+    float t[8];
+    memcpy(t, &acc, sizeof t);
+    for (int r = 0; j0 + r < n; r++) c[j0 + r] = t[r];
+}
+
+// Rows [j0, j0 + FUSED_ROWS) of a 4- or 8-bit W whose groups hold whole 32-bit words.
+static inline __attribute__((always_inline))
+void fused_words(const pk_encoded *w, const float *a, float *c, int ldc, const int mr, int j0, int n,
+                 const int bits, const int type) {
+    const int k = w->k, per_word = 32 / bits, words = k / per_word, per_group = w->group / per_word;
+    const size_t row_bytes = (size_t)k * bits / 8, groups = (size_t)(k / w->group);
+    const uint32_t mask = (1u << bits) - 1;
+    const unsigned char *row[FUSED_NB][8];
+    size_t first[FUSED_NB][8];
+    for (int nb = 0; nb < FUSED_NB; nb++)
+        for (int r = 0; r < 8; r++) {
+            const int jr = j0 + 8 * nb + r < n ? j0 + 8 * nb + r : n - 1;
+            row[nb][r] = (const unsigned char *)w->values + (size_t)jr * row_bytes;
+            first[nb][r] = (size_t)jr * groups;
+        }
+    v8 acc[PK_FUSED_MAX_M][FUSED_NB];
+    for (int i = 0; i < mr; i++)
+        for (int nb = 0; nb < FUSED_NB; nb++) acc[i][nb] = (v8){0};
+    v8 s[FUSED_NB], b[FUSED_NB];
+    int next_group = 0;
+    // The next block's values, its share each step: 32 row streams at a 32-byte step defeat
+    // the hardware prefetcher. Prefetches change no value.
+    const char *next = j0 + FUSED_ROWS < n ? (const char *)w->values + (size_t)(j0 + FUSED_ROWS) * row_bytes : 0;
+    const int lines = (int)(FUSED_ROWS * row_bytes / 64), steps = (words + 7) / 8, share = (lines + steps - 1) / steps;
+    for (int w0 = 0; w0 < words; w0 += 8) {
+        const int count = words - w0 < 8 ? words - w0 : 8;
+        if (next)
+            for (int l = (w0 / 8) * share; l < (w0 / 8 + 1) * share && l < lines; l++) __builtin_prefetch(next + (size_t)l * 64, 0, 3);
+        u8v tw[FUSED_NB][8];
+        for (int nb = 0; nb < FUSED_NB; nb++) {
+            if (count == 8) {
+                v8 r[8];
+                for (int i = 0; i < 8; i++) memcpy(&r[i], row[nb][i] + 4 * (size_t)w0, sizeof(v8));
+                transpose_regs(r);
+                memcpy(tw[nb], r, sizeof r);
+            } else {
+                for (int i = 0; i < count; i++) {
+                    const size_t at = 4 * (size_t)(w0 + i);
+                    tw[nb][i] = (u8v){ load32(row[nb][0] + at), load32(row[nb][1] + at), load32(row[nb][2] + at),
+                                       load32(row[nb][3] + at), load32(row[nb][4] + at), load32(row[nb][5] + at),
+                                       load32(row[nb][6] + at), load32(row[nb][7] + at) };
+                }
+            }
+        }
+        for (int i = 0; i < count; i++) {
+            const int word = w0 + i;
+            if (word == next_group) {
+                const size_t g = (size_t)(word / per_group);
+                for (int nb = 0; nb < FUSED_NB; nb++) {
+                    const size_t *f = first[nb];
+                    s[nb] = (v8){ load_scale(w->scales, type, f[0] + g), load_scale(w->scales, type, f[1] + g),
+                                  load_scale(w->scales, type, f[2] + g), load_scale(w->scales, type, f[3] + g),
+                                  load_scale(w->scales, type, f[4] + g), load_scale(w->scales, type, f[5] + g),
+                                  load_scale(w->scales, type, f[6] + g), load_scale(w->scales, type, f[7] + g) };
+                    b[nb] = (v8){ load_scale(w->biases, type, f[0] + g), load_scale(w->biases, type, f[1] + g),
+                                  load_scale(w->biases, type, f[2] + g), load_scale(w->biases, type, f[3] + g),
+                                  load_scale(w->biases, type, f[4] + g), load_scale(w->biases, type, f[5] + g),
+                                  load_scale(w->biases, type, f[6] + g), load_scale(w->biases, type, f[7] + g) };
+                }
+                next_group += per_group;
+            }
+            const float *x = a + (size_t)word * per_word * PK_TILE_ROWS;
+#pragma clang loop unroll(full)
+            for (int t = 0; t < 32 / bits; t++) {
+                for (int nb = 0; nb < FUSED_NB; nb++) {
+                    const u8v q = (tw[nb][i] >> (uint32_t)(bits * t)) & mask;
+                    const v8 v = affine_v(s[nb], __builtin_convertvector((i8v)q, v8), b[nb], type);
+                    for (int m = 0; m < mr; m++) {
+                        const v8 p = v * x[t * PK_TILE_ROWS + m];
+                        acc[m][nb] = acc[m][nb] + p;
+                    }
+                }
+            }
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int nb = 0; nb < FUSED_NB; nb++) store_lanes(c + (size_t)i * ldc, acc[i][nb], j0 + 8 * nb, n);
+}
+
+// Any other encoding: 8 rows decoded into `rows` (row-major, 8 × K), then each 8 × 8 block
+// transposed in registers and summed as above.
+static inline __attribute__((always_inline))
+void fused_rows(const pk_encoded *w, const float *a, float *c, int ldc, const int mr, int j0, int n,
+                float *rows, decode_fn decode) {
+    const int k = w->k;
+    for (int r = 0; r < 8; r++) decode(w, j0 + r < n ? j0 + r : n - 1, rows + (size_t)r * k);
+    v8 acc[PK_FUSED_MAX_M];
+    for (int i = 0; i < mr; i++) acc[i] = (v8){0};
+    int q = 0;
+    for (; q + 8 <= k; q += 8) {
+        v8 r[8];
+        for (int i = 0; i < 8; i++) memcpy(&r[i], rows + (size_t)i * k + q, sizeof(v8));
+        transpose_regs(r);
+        for (int col = 0; col < 8; col++)
+            for (int i = 0; i < mr; i++) {
+                const v8 p = r[col] * a[(size_t)(q + col) * PK_TILE_ROWS + i];
+                acc[i] = acc[i] + p;
+            }
+    }
+    for (; q < k; q++) {
+        v8 v;
+        for (int r = 0; r < 8; r++) v[r] = rows[(size_t)r * k + q];
+        for (int i = 0; i < mr; i++) {
+            const v8 p = v * a[(size_t)q * PK_TILE_ROWS + i];
+            acc[i] = acc[i] + p;
+        }
+    }
+    for (int i = 0; i < mr; i++) store_lanes(c + (size_t)i * ldc, acc[i], j0, n);
+}
+
+static int word_path(const pk_encoded *w) {
+    return w->encoding == PK_ENC_AFFINE && (w->bits == 4 || w->bits == 8) && (w->group * w->bits) % 32 == 0;
+}
+
+typedef struct {
+    const float *a;
+    const pk_encoded *w;
+    float *c;
+    int ldc, m, n, blocks, tasks;
+} fused_job;
+
+#define FUSED_WORDS_M(bits, type)                                                        \
+    switch (j->m) {                                                                      \
+    case 1: fused_words(j->w, j->a, j->c, j->ldc, 1, j0, j->n, bits, type); break;       \
+    case 2: fused_words(j->w, j->a, j->c, j->ldc, 2, j0, j->n, bits, type); break;       \
+    case 3: fused_words(j->w, j->a, j->c, j->ldc, 3, j0, j->n, bits, type); break;       \
+    default: fused_words(j->w, j->a, j->c, j->ldc, 4, j0, j->n, bits, type); break;      \
+    }
+
+#define FUSED_WORDS(bits)                                                                \
+    switch (j->w->scale_type) {                                                          \
+    case PK_SCALE_BF16: FUSED_WORDS_M(bits, PK_SCALE_BF16) break;                        \
+    case PK_SCALE_F16: FUSED_WORDS_M(bits, PK_SCALE_F16) break;                          \
+    default: FUSED_WORDS_M(bits, PK_SCALE_F32) break;                                    \
+    }
+
+_Static_assert(PK_FUSED_MAX_M == 4, "FUSED_WORDS_M and fused_blocks_body name every row count");
+
+// Blocks [first, last) of FUSED_ROWS rows.
+static inline __attribute__((always_inline))
+void fused_blocks_body(const fused_job *j, int first, int last, decode_fn decode) {
+    if (word_path(j->w)) {
+        for (int blk = first; blk < last; blk++) {
+            const int j0 = blk * FUSED_ROWS;
+            if (j->w->bits == 4) { FUSED_WORDS(4) } else { FUSED_WORDS(8) }
+        }
+        return;
+    }
+    float *rows = malloc(sizeof(float) * 8 * (size_t)j->w->k);
+    if (!rows) abort();
+    for (int blk = first; blk < last; blk++)
+        for (int j0 = blk * FUSED_ROWS; j0 < j->n && j0 < (blk + 1) * FUSED_ROWS; j0 += 8)
+            switch (j->m) {
+            case 1: fused_rows(j->w, j->a, j->c, j->ldc, 1, j0, j->n, rows, decode); break;
+            case 2: fused_rows(j->w, j->a, j->c, j->ldc, 2, j0, j->n, rows, decode); break;
+            case 3: fused_rows(j->w, j->a, j->c, j->ldc, 3, j0, j->n, rows, decode); break;
+            default: fused_rows(j->w, j->a, j->c, j->ldc, 4, j0, j->n, rows, decode); break;
+            }
+    free(rows);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,f16c")))
+static void fused_blocks_avx2(const fused_job *j, int first, int last) { fused_blocks_body(j, first, last, decoder()); }
+#endif
+static void fused_blocks_base(const fused_job *j, int first, int last) { fused_blocks_body(j, first, last, decoder()); }
+
+static void fused_blocks(const fused_job *j, int first, int last) {
+#if defined(__x86_64__)
+    if (decoder() == decode_row_avx2) { fused_blocks_avx2(j, first, last); return; }
+#endif
+    fused_blocks_base(j, first, last);
+}
+
+static void fused_task(void *ctx, int task) {
+    const fused_job *j = ctx;
+    const int first = (int)((long)j->blocks * task / j->tasks);
+    const int last = (int)((long)j->blocks * (task + 1) / j->tasks);
+    if (last > first) fused_blocks(j, first, last);
+}
+
 void pk_gemm_encoded(const float *packed_a, const pk_encoded *w, float *c, int ldc, int m, int n, int parallel) {
+    if (m <= fused_max_m) {
+        const int blocks = (n + FUSED_ROWS - 1) / FUSED_ROWS;
+        int tasks = parallel ? pk_pool_threads() * 4 : 1;
+        if (tasks > blocks) tasks = blocks;
+        fused_job job = { packed_a, w, c, ldc, m, n, blocks, tasks };
+        if (tasks <= 1) fused_blocks(&job, 0, blocks);
+        else pk_parallel(tasks, fused_task, &job);
+        return;
+    }
     const int panels = (n + PK_PANEL - 1) / PK_PANEL;
     int tasks = parallel ? pk_pool_threads() * 4 : 1;
     if (tasks > panels) tasks = panels;

@@ -113,8 +113,22 @@ public struct EncodedMatrix: @unchecked Sendable {
     /// The address of the stored values: two matrices with the same address share one copy.
     public var address: UInt { UInt(bitPattern: values) }
 
+    /// Measurements only: products with M ≤ `rows` take the register path, the rest the panel
+    /// path (0: the panel path always). Returns the previous bound; the bits never change.
+    @discardableResult
+    public static func setRegisterPathRows(_ rows: Int) -> Int { Int(pk_set_encoded_fused_rows(Int32(clamping: rows))) }
+
+    /// `x[M, columns] · selfᵀ` on this thread alone or on the pool (measurements).
+    public func product(_ x: [Float], m: Int, parallel: Bool) -> [Float] {
+        precondition(x.count == m * columns, "[EncodedMatrix.product] x holds \(x.count) values, not \(m) × \(columns)")
+        return [Float](unsafeUninitializedCapacity: m * rows) { y, initialized in
+            x.withUnsafeBufferPointer { product($0.baseAddress!, m: m, into: y.baseAddress!, parallel: parallel) }
+            initialized = m * rows
+        }
+    }
+
     /// `y[M, rows] = x[M, columns] · selfᵀ`, every element in the in-order kernel's bits.
-    func product(_ x: UnsafePointer<Float>, m: Int, into y: UnsafeMutablePointer<Float>) {
+    func product(_ x: UnsafePointer<Float>, m: Int, into y: UnsafeMutablePointer<Float>, parallel wanted: Bool? = nil) {
         _ = MatrixProduct.backend   // QWEN_PARITY_GEMM=fma selects the fused kernel when first read
         let k = columns
         let packedCount = pk_packed_a_count(Int32(m), Int32(k))
@@ -122,7 +136,7 @@ public struct EncodedMatrix: @unchecked Sendable {
             pk_pack_a(x, Int32(m), Int32(k), Int32(k), buffer.baseAddress!)
             initialized = packedCount
         }
-        let parallel = MatrixProduct.threads > 1 && rows > Int(PK_PANEL) && m * rows * k >= 1 << 16
+        let parallel = wanted ?? (MatrixProduct.threads > 1 && rows > Int(PK_PANEL) && m * rows * k >= 1 << 16)
         if parallel { MatrixProduct.startPool() }
         var form = kernelForm
         packedA.withUnsafeBufferPointer { a in

@@ -41,6 +41,12 @@ public enum MatrixProduct {
     public static func startPool() { _ = poolStarted }
     private static let poolStarted: Void = { pk_pool_start(Int32(threads)) }()
 
+    /// One core's clock, measured by a chain of dependent adds (~0.2 s); nil where not measured.
+    public static func measuredClockHz() -> Double? {
+        let hz = pk_probe_clock_hz()
+        return hz > 0 ? hz : nil
+    }
+
     /// The instruction set of the in-order kernel: "avx512f", "avx2" or "generic".
     public static var kernelName: String { String(cString: pk_kernel_name()) }
 

@@ -82,6 +82,25 @@ private func bytes(_ values: [Float], _ type: EncodedMatrix.ScaleType) -> [UInt8
         #expect(differingBits(Array(encoded.row(139)), Array(c.dense.data[(139 * 192)...])) == 0)
     }
 
+    /// m ≤ 4 (a decode step) takes the register path, not the panel: 4 and 8 bits on transposed
+    /// words, other widths on decoded rows. 37 rows leave a partial block of 8 and of 16;
+    /// K = 96 leaves a partial block of 8 words; 1100 rows split over the pool.
+    @Test(arguments: [2, 3, 4, 5, 6, 7, 8])
+    func fewRowProductsMatchTheDenseProduct(bits: Int) throws {
+        for type in [EncodedMatrix.ScaleType.float32, .bfloat16, .float16] {
+            for (group, columns, rows) in [(32, 96, 37), (64, 192, 37), (128, 128, 1100)] {
+                let c = try Self.affine(bits: bits, group: group, type: type, rows: rows, columns: columns,
+                                        seed: UInt64(bits * 1000 + group + columns))
+                let encoded = LinearWeight(encoded: c.matrix), dense = LinearWeight(c.dense)
+                for m in [1, 2, 3, 4, 5] {
+                    let x = randomTensor([m, columns], seed: UInt64(m * 7 + bits))
+                    #expect(differingBits(x.linear(encoded).data, x.linear(dense).data) == 0,
+                            "\(bits)-bit/\(group), \(type), \(rows)×\(columns), m = \(m)")
+                }
+            }
+        }
+    }
+
     @Test func sixteenBitMatricesWidenExactly() throws {
         var rng = SplitMix64(state: 9)
         let values = (0..<(66 * 64)).map { _ in HalfFloat.roundToBF16(Float.random(in: -2...2, using: &rng)) }
@@ -91,9 +110,11 @@ private func bytes(_ values: [Float], _ type: EncodedMatrix.ScaleType) -> [UInt8
             let encoding: EncodedMatrix.Encoding = type == .bfloat16 ? .bfloat16 : type == .float16 ? .float16 : .float32
             let m = EncodedMatrix(owner: b, values: b.pointer, rows: 66, columns: 64, encoding: encoding)
             #expect(differingBits(m.decoded().data, stored) == 0, "\(type)")
-            let x = randomTensor([3, 64], seed: 4)
-            #expect(differingBits(x.linear(LinearWeight(encoded: m)).data,
-                                  x.linear(LinearWeight(Tensor(shape: [66, 64], data: stored))).data) == 0)
+            for rowsOfX in [1, 3, 8] {   // the register path and the panel path
+                let x = randomTensor([rowsOfX, 64], seed: 4)
+                #expect(differingBits(x.linear(LinearWeight(encoded: m)).data,
+                                      x.linear(LinearWeight(Tensor(shape: [66, 64], data: stored))).data) == 0, "\(type), m = \(rowsOfX)")
+            }
         }
     }
 

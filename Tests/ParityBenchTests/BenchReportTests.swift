@@ -69,6 +69,49 @@ import Testing
         #expect(lines.contains("mlx: argmax 639, not 6"), "\(lines)")
     }
 
+    /// The q4 engines run on their own weights: compared with each other, bit for bit by digest.
+    @Test func q4EnginesAreCheckedAgainstEachOther() {
+        let logits = (0..<640).map { Float($0 % 7) - 3 }
+        var changed = logits
+        changed[1] = changed[1].nextUp
+        var lm = EngineResult(engine: "swift-lm", description: "f32")
+        lm.check = LogitsCheck(tokens: 16, logits: changed)
+        var q4 = EngineResult(engine: "swift-lm-q4", description: "q4")
+        q4.check = LogitsCheck(tokens: 16, logits: logits)
+        var mlx = EngineResult(engine: "mlx-lm-q4", description: "mlx q4")
+        mlx.check = LogitsCheck(tokens: 16, logits: logits)
+        var vlm = EngineResult(engine: "swift-vlm", description: "vlm")
+        vlm.check = LogitsCheck(tokens: 16, logits: logits)
+        let lines = BenchReport.checkLines([lm, q4, vlm, mlx]).joined(separator: "\n")
+        #expect(lines.contains("against swift-lm-q4"), "\(lines)")
+        #expect(lines.contains("mlx-lm-q4: same argmax (6); max |Δ| 0 with max |logit| 3; all 640 logits bit-identical (SHA-256)"), "\(lines)")
+        #expect(lines.contains("swift-vlm: same argmax (6); max |Δ| 0 with max |logit| 3; the 640 logits differ in bits (SHA-256)"), "\(lines)")
+    }
+
+    @Test func ratiosPairEnginesOnTheSameWeights() {
+        var plan = MeasurementPlan()
+        plan.lengths = [16]
+        func result(_ name: String, _ decode: Double) -> EngineResult {
+            var r = EngineResult(engine: name, description: name)
+            r.prefill = ["16": [1]]
+            r.decode = [decode]
+            return r
+        }
+        let text = BenchReport.render([result("swift-lm", 4), result("swift-lm-q4", 8), result("mlx", 2), result("mlx-lm-q4", 1)],
+                                      plan: plan, config: Self.config, weightBytes: 1, rooflines: [],
+                                      bounds: [DecodeBound(label: "q4 bound", tokensPerSecond: 20, how: "how")])
+        #expect(text.contains("swift-lm / mlx ") && text.contains("swift-lm-q4 / mlx-lm-q4"), "\(text)")
+        #expect(!text.contains("swift-lm / mlx-lm-q4") && !text.contains("swift-lm-q4 / mlx "), "\(text)")
+        #expect(text.contains("8.00×") && text.contains("q4 bound: how"), "\(text)")
+    }
+
+    @Test func q4EnginesWithoutADirectoryAreSkippedWithTheWayToMakeOne() throws {
+        for kind in [EngineKind.swiftLMQ4, .mlxQ4] {
+            let result = try BenchRunner.runChild(kind, options: BenchOptions(), executable: "/nonexistent")
+            #expect(result.skipped?.contains("--make-checkpoint q4") == true, "\(result.skipped ?? "ran")")
+        }
+    }
+
     @Test func openBLASCoreFollowsTheCPUFlags() {
         #expect(BenchOptions.bestOpenBLASCore(cpuinfo: "processor : 0\nflags\t\t: fpu sse2 avx2 fma avx512f\n") == "SkylakeX")
         #expect(BenchOptions.bestOpenBLASCore(cpuinfo: "flags\t\t: fpu sse2 avx avx2 fma bmi2\n") == "Haswell")

@@ -167,7 +167,18 @@ long pk_first_nonfinite_row(const pk_encoded *m, int rows);
 /// `c[M, N]` (leading dimension `ldc`) = A · Wᵀ for packed A (`pk_pack_a`) and an encoded W
 /// `[N, K]`: each 64-row panel of W is decoded and multiplied by the in-order kernel, so every
 /// element has the bits the dense product of the decoded W gives. Panels spread over the pool.
+/// With M ≤ PK_FUSED_MAX_M (a decode step) W is decoded in registers and summed there, no
+/// panel, in the same order and arithmetic, so the bits are the same.
 void pk_gemm_encoded(const float *packed_a, const pk_encoded *w, float *c, int ldc, int m, int n, int parallel);
+
+enum { PK_FUSED_MAX_M = 4 };
+
+/// Measurements only: products with M ≤ `m` take the register path (0: none; the default is
+/// PK_FUSED_MAX_M). Returns the previous bound. Either path gives the same bits.
+int pk_set_encoded_fused_rows(int m);
+
+/// This core's clock in Hz, measured by a chain of dependent adds (~0.2 s); 0 where not measured.
+double pk_probe_clock_hz(void);
 
 #ifdef __cplusplus
 }
