@@ -19,7 +19,7 @@ import numpy as np
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
-from golden.checkpoints import make_published, twin_decision  # noqa: E402
+from golden.checkpoints import make_published, oracle_decision, twin_decision  # noqa: E402
 from golden.published import write_published  # noqa: E402
 
 TINY = TOOLS / "configs" / "checkpoints" / "tiny-published.json"
@@ -149,6 +149,17 @@ class MlxVlmConvertedCheckpoints(unittest.TestCase):
         self.assertEqual(twin_decision("auto", False, 10 ** 13)[0], False)   # 40 TB of float32
         self.assertEqual(twin_decision("on", True, 10)[0], True)
         self.assertEqual(twin_decision("off", False, 10)[0], False)
+
+    def test_oracle_decision(self):
+        """auto: on when it fits; off because it cannot fit is recorded as not applicable here,
+        off by choice as applicable (the Swift side then reports a coverage gap)."""
+        self.assertEqual(oracle_decision("auto", 10), ("on", None))
+        mode, absent = oracle_decision("auto", 10 ** 12)
+        self.assertEqual((mode, absent["applicable"]), ("off", False))
+        self.assertIn("GB", absent["reason"])
+        mode, absent = oracle_decision("off", 10)
+        self.assertEqual((mode, absent["applicable"]), ("off", True))
+        self.assertEqual(oracle_decision("on", 10 ** 12), ("on", None))
 
 
 if __name__ == "__main__":
