@@ -359,7 +359,8 @@ public enum InvariantRegistry {
 
     static func ropeIndex(_ c: InvariantContext) throws -> [Measurement] {
         guard let vlm = try c.golden.vlmConfig() else { return [] }
-        return measurements(try GoldenParity.checkRopeTables(c.golden, vlm), label: "rope")
+        let model = c.implementations.makeVLM?() as? VLMTextModel
+        return measurements(try GoldenParity.checkRopeTables(c.golden, vlm, model: model), label: "rope")
     }
 
     /// Parity rows as measurements; a row without a tensor difference (a shape, a position table)

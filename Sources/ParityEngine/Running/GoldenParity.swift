@@ -122,7 +122,9 @@ public enum GoldenParity {
         let vlm = try golden.vlmConfig()
         let tower = try golden.visionTower()
         var report = FileReport()
-        if let vlm { report.exact = try checkRopeTables(golden, vlm) }
+        if let vlm {
+            report.exact = try checkRopeTables(golden, vlm, model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: weights))
+        }
         var vlmRuns: [String: ScheduleResult] = [:]
         let chosen = try golden.scenarios().filter { only?.contains($0.name) ?? true }
         // Candidate paths are a user's results, held to the references by the candidate invariants.
@@ -519,7 +521,9 @@ public enum GoldenParity {
 
     // MARK: get_rope_index and the rotary tables
 
-    static func checkRopeTables(_ golden: GoldenFile, _ vlm: VLMGoldenConfig) throws -> [ParityRow] {
+    /// `model`: the caller's vlm mirror when it has one (a model directory's weights are mapped
+    /// once, not once more for the rotary tables).
+    static func checkRopeTables(_ golden: GoldenFile, _ vlm: VLMGoldenConfig, model given: VLMTextModel? = nil) throws -> [ParityRow] {
         var rows: [ParityRow] = []
         func row(_ item: String, pass: Bool, note: String) {
             rows.append(ParityRow(file: golden.name, scenario: "(config)", reference: "mlx_vlm", implementation: "vlm mirror",
@@ -540,7 +544,7 @@ public enum GoldenParity {
         }
         // The rotary tables mlx-vlm built: the axis selector must be identical; inv_freq is
         // reported bit for bit (an ulp apart would still be within tolerance downstream).
-        let model = VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try golden.weights())
+        let model = try given ?? VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: golden.weights())
         if let selector = vlm.effective["position_selector"] as? [Int] {
             row("MRoPE axis selector", pass: selector == model.positionSelector,
                 note: "\(model.positionSelector.map { ["T", "H", "W"][$0] }.joined())")
