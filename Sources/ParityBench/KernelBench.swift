@@ -27,25 +27,31 @@ public enum KernelBench {
         }
     }
 
+    /// Seconds per call of `body`: one warm-up call, then the median over `repeats` timed runs of
+    /// at least `seconds` each.
+    static func medianSeconds(repeats: Int, seconds: Double, _ body: () -> Void) -> Double {
+        body()
+        var perCall: [Double] = []
+        for _ in 0..<repeats {
+            var calls = 0
+            let start = DispatchTime.now().uptimeNanoseconds
+            var elapsed = 0.0
+            while elapsed < seconds {
+                body()
+                calls += 1
+                elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            }
+            perCall.append(elapsed / Double(calls))
+        }
+        return Summary(perCall).median
+    }
+
     /// One line per shape: median over `repeats` timed runs of at least `seconds` each.
     public static func run(backend: MatrixProduct.Backend, repeats: Int = 3, seconds: Double = 0.5) -> [String] {
         shapes.map { s in
             let x = Tensor(shape: [s.m, s.k], data: values(s.m * s.k, seed: 1))
             let w = LinearWeight(Tensor(shape: [s.n, s.k], data: values(s.n * s.k, seed: 2)), backend: backend)
-            _ = x.linear(w)
-            var perCall: [Double] = []
-            for _ in 0..<repeats {
-                var calls = 0
-                let start = DispatchTime.now().uptimeNanoseconds
-                var elapsed = 0.0
-                while elapsed < seconds {
-                    _ = x.linear(w)
-                    calls += 1
-                    elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-                }
-                perCall.append(elapsed / Double(calls))
-            }
-            let t = Summary(perCall).median
+            let t = medianSeconds(repeats: repeats, seconds: seconds) { _ = x.linear(w) }
             let flops = 2 * Double(s.m * s.n * s.k) / t / 1e9
             let bytes = 4 * Double(s.n * s.k) / t / 1e9
             return String(format: "%-22@ M=%-4d N=%-6d K=%-5d %7.1f GFLOP/s %7.1f GB/s of weights",
@@ -91,20 +97,8 @@ public enum KernelBench {
         let x = values(m * columns, seed: 5)
         let previous = EncodedMatrix.setRegisterPathRows(registerPath ? 64 : 0)   // the kernel caps it at its largest
         defer { EncodedMatrix.setRegisterPathRows(previous) }
-        _ = w.product(x, m: m, parallel: false)
-        var perCall: [Double] = []
-        for _ in 0..<repeats {
-            var calls = 0
-            let start = DispatchTime.now().uptimeNanoseconds
-            var elapsed = 0.0
-            while elapsed < seconds {
-                _ = w.product(x, m: m, parallel: false)
-                calls += 1
-                elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            }
-            perCall.append(elapsed / Double(calls))
-        }
-        return Summary(perCall).median * 1e9 / Double(rows * columns)
+        let t = medianSeconds(repeats: repeats, seconds: seconds) { _ = w.product(x, m: m, parallel: false) }
+        return t * 1e9 / Double(rows * columns)
     }
 
     /// The q4 product at decode row counts, register path against panel path, in one run.
