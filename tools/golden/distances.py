@@ -23,6 +23,7 @@ import numpy as np
 
 import mlx.core as mx
 
+from . import progress
 from .provenance import component
 from .scenarios import generate_step_calls
 
@@ -81,8 +82,10 @@ class Case:
                      position_ids=mx.array(positions), rope_deltas=mx.array(self.deltas)).logits
             logits.append(np.array(out))
             start += n
+            progress.call(f"distances {self.name}", len(logits), len(calls) + len(decode), n)
         for token in decode:
             logits.append(np.array(lm(mx.array([[token]], dtype=mx.int32), cache=cache).logits))
+            progress.call(f"distances {self.name}", len(logits), len(calls) + len(decode), 1)
         return np.concatenate(logits, axis=1)
 
     def stitched(self, lm, decode: list[int]):
@@ -103,8 +106,18 @@ def measure(lm, store: dict, text_prompt: np.ndarray) -> dict[str, list[dict]]:
     def cases(names):
         return [Case(n, store, text_prompt) for n in names if f"/inputs/mrope/{n}/input_embeddings" in store]
 
+    prefix_cases, sweep_cases = cases(PREFIX_DECODE_CASES), cases(CHUNK_SWEEP_CASES)
+    # Tokens fed below, for the progress estimate: each whole run, the prefix runs and the
+    # stitched run per prefix case; each whole run and one run per step per sweep case.
+    total = sum((2 + len(PREFIX_TAILS)) * (c.L + PREFIX_DECODES) for c in prefix_cases) \
+        + sum((1 + c.L) * (c.L + SWEEP_DECODES) for c in sweep_cases)
+    with progress.path("library distances", total):
+        return pairs(lm, prefix_cases, sweep_cases)
+
+
+def pairs(lm, prefix_cases: list[Case], sweep_cases: list[Case]) -> dict[str, list[dict]]:
     prefix_decode = []
-    for c in cases(PREFIX_DECODE_CASES):
+    for c in prefix_cases:
         decode = c.decode_tokens(PREFIX_DECODES)
         whole = c.run(lm, [c.L], decode)
         for tail in PREFIX_TAILS:
@@ -117,7 +130,7 @@ def measure(lm, store: dict, text_prompt: np.ndarray) -> dict[str, list[dict]]:
                               **distance(run, whole)})
 
     sweep = []
-    for c in cases(CHUNK_SWEEP_CASES):
+    for c in sweep_cases:
         decode = c.decode_tokens(PREFIX_DECODES)[:SWEEP_DECODES]
         whole = c.run(lm, [c.L], decode)
         for step in range(1, c.L + 1):
