@@ -78,6 +78,10 @@ public struct ModelDirectory: Sendable {
     public let quantization: QuantizationConfig?
     public let weights: Weights
     public let summary: CheckpointSummary
+    /// The vision tower's tensors as stored (mapped), by checkpoint name: `visionWeights(config:)`.
+    let visionStored: [String: SourceTensor]
+    /// The file each stored tensor comes from, for errors.
+    let fileOf: [String: String]
 
     public init(path: String) throws {
         var isDirectory: ObjCBool = false
@@ -127,12 +131,23 @@ public struct ModelDirectory: Sendable {
 
         let loaded = try Self.storedTensors(owner, config: config, quantization: quantization, source: path)
         let sanitized = Sanitize.mlxLM(loaded.tensors, modelType: modelType, config: config)
+        visionStored = loaded.tensors.filter { VisionSanitize.isVision($0.key) }
+        fileOf = owner.mapValues(\.source)
         do {
             weights = try Weights(values: sanitized.mapValues(\.value), config: config, source: path)
         } catch let error as WeightError {
             throw Self.naming(error, owner: owner)
         }
         summary = CheckpointSummary(files: weightFiles, dtypes: dtypes, quantized: loaded.quantized)
+    }
+
+    /// The checkpoint's own vision tower by mlx-vlm runtime name (`vision_tower.…`), sanitized as
+    /// mlx-vlm's load_model does; projections stay in their stored form. Empty for a text-only one.
+    public func visionWeights(config: VisionConfig) throws -> [String: WeightValue] {
+        try VisionSanitize.tower(visionStored, config: config) { runtime in
+            let stored = visionStored.keys.first { VisionSanitize.runtimeName($0) == runtime } ?? runtime
+            return (fileOf[stored] ?? path, stored)
+        }
     }
 
     static func hasVisionConfig(_ data: Data) -> Bool {

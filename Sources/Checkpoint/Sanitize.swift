@@ -38,7 +38,7 @@ public enum Sanitize {
 
     /// Model.sanitize's renaming of one key (nil: dropped, a vision-tower tensor).
     public static func outerName(_ key: String) -> String? {
-        if key.hasPrefix("vision_tower") || key.hasPrefix("model.visual") { return nil }
+        if VisionSanitize.isVision(key) { return nil }
         if key.hasPrefix("model.language_model") {
             return "language_model.model" + key.dropFirst("model.language_model".count)
         }

@@ -90,14 +90,14 @@ public struct DiffCommand: ParsableCommand {
             let textRun = try golden.scenario(scenario).paths.contains("mlx_lm")
             let a = self.a ?? (textRun ? "golden-lm" : "golden-vlm")
             let b = self.b ?? (textRun ? "lm" : "vlm")
-            var cached: Weights?
-            let weights = { () throws -> Weights in
+            var cached: GoldenFile.ModelSources?
+            let sources = { () throws -> GoldenFile.ModelSources in
                 if let cached { return cached }
-                let w = try golden.weights()
-                cached = w
-                return w
+                let loaded = try golden.modelSources()
+                cached = loaded
+                return loaded
             }
-            var sides = try ([a, b] + (c.map { [$0] } ?? [])).map { try DiffSides.make($0, golden: golden, weights: weights) }
+            var sides = try ([a, b] + (c.map { [$0] } ?? [])).map { try DiffSides.make($0, golden: golden, sources: sources) }
             var command = "qwen-parity diff \(file) --scenario \(scenario) --a \(a) --b \(b)"
             if let fault {
                 let f = try parse(fault: fault)

@@ -43,7 +43,7 @@ public enum WeightValue: Sendable {
     }
 
     /// The flat index of the first NaN or infinity, or nil (an encoded matrix names its row's first element).
-    var firstNonFinite: Int? {
+    public var firstNonFinite: Int? {
         switch self {
         case .dense(let t): return t.data.firstIndex { !$0.isFinite }
         case .encoded(let m, _): return m.firstNonFiniteRow.map { $0 * m.columns }

@@ -211,7 +211,7 @@ public enum DiffSides {
     public struct Entry: Sendable {
         public let id: String
         public let summary: String
-        let make: @Sendable (GoldenFile, () throws -> Weights) throws -> DiffSide
+        let make: @Sendable (GoldenFile, () throws -> GoldenFile.ModelSources) throws -> DiffSide
     }
 
     public static let registered: [Entry] = [
@@ -220,7 +220,7 @@ public enum DiffSides {
         },
         Entry(id: "lm", summary: "the Swift mirror of mlx-lm, LMMirror") { golden, weights in
             ImplementationSide(id: "lm", title: "lm mirror", numerics: "mlx-lm",
-                               model: LMTextModel(config: golden.config, weights: try weights()))
+                               model: LMTextModel(config: golden.config, weights: try weights().weights))
         },
         Entry(id: "golden-vlm", summary: "mlx-vlm's results stored in the golden, path mlx_vlm") { _, _ in
             GoldenSide(id: "golden-vlm", title: "mlx-vlm golden", path: "mlx_vlm", numerics: "mlx-vlm")
@@ -243,19 +243,19 @@ public enum DiffSides {
             let vlm = try golden.vlmConfig()
             return ImplementationSide(id: "unified", title: "unified model", numerics: "unified",
                                       model: try UnifiedTextModel(config: golden.config, vlmConfig: vlm?.text ?? golden.config,
-                                                                  multimodal: vlm?.multimodal ?? .libraryDefault, weights: try weights()))
+                                                                  multimodal: vlm?.multimodal ?? .libraryDefault, weights: try weights().weights))
         },
     ]
 
     /// The vlm mirror over the golden's weights, replaying the calls of reference path `path`.
     static func vlmMirror(id: String, title: String, replaying path: String, _ golden: GoldenFile,
-                          _ weights: () throws -> Weights) throws -> DiffSide {
+                          _ weights: () throws -> GoldenFile.ModelSources) throws -> DiffSide {
         guard let vlm = try golden.vlmConfig() else {
             throw GoldenError.invalid(file: golden.path, path: "/config vlm_json", reason: "this golden was written without mlx-vlm")
         }
         return ImplementationSide(id: id, title: title, numerics: "mlx-vlm",
-                                  model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights()),
-                                  schedulePath: path, tower: try golden.visionTower())
+                                  model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights().weights),
+                                  schedulePath: path, tower: try weights().vision)
     }
 
     public static var names: [String] { registered.map(\.id) }
@@ -265,8 +265,13 @@ public enum DiffSides {
         names.contains(id) || (id.hasPrefix(GoldenCandidate.pathPrefix) && id.count > GoldenCandidate.pathPrefix.count)
     }
 
-    /// The side named `id` for `golden`; weights are read at most once per call of `loader`.
+    /// The side named `id` for `golden` over the weights of `loader` and the golden's /vision tower.
     public static func make(_ id: String, golden: GoldenFile, weights loader: () throws -> Weights) throws -> DiffSide {
+        try make(id, golden: golden, sources: { GoldenFile.ModelSources(weights: try loader(), vision: try golden.visionTower()) })
+    }
+
+    /// The side named `id` for `golden`; sources are read at most once per call of `loader`.
+    public static func make(_ id: String, golden: GoldenFile, sources loader: () throws -> GoldenFile.ModelSources) throws -> DiffSide {
         if id.hasPrefix(GoldenCandidate.pathPrefix) {
             return try CandidateSide(golden: golden, name: String(id.dropFirst(GoldenCandidate.pathPrefix.count)))
         }

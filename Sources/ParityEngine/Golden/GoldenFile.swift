@@ -135,23 +135,45 @@ public final class GoldenFile {
         return URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent(relative).standardizedFileURL.path
     }
 
+    /// What the implementations are built from.
+    public struct ModelSources: Sendable {
+        public var weights: Weights
+        public var vision: VisionTower?
+        public init(weights: Weights, vision: VisionTower?) {
+            self.weights = weights
+            self.vision = vision
+        }
+    }
+
     /// The runtime weights: /weights, or the model directory loaded as mlx-lm loads it.
     public func weights(modelDirectory override: String? = nil) throws -> Weights {
-        if usesModelDirectory {
-            guard let dir = modelDirectory(override: override) else {
-                throw GoldenError.invalid(file: path, path: "/ model_dir", reason: "a model_dir golden without model_dir; pass --model DIR")
-            }
-            let model = try ModelDirectory(path: dir)
-            guard model.config == config else {
-                throw GoldenError.configDisagrees(file: path, differences: ["\(dir)/config.json resolves differently from the golden's /config raw_json"])
-            }
-            return model.weights
-        }
+        if let model = try loadModelDirectory(override: override) { return model.weights }
         var tensors: [String: Tensor] = [:]
         for name in try file.children(of: "/weights") {
             tensors[name] = try tensor("/weights/" + name)
         }
         return try Weights(tensors, config: config, source: path)
+    }
+
+    /// The weights and the vision tower (nil without /vision), a model directory mapped once for both.
+    public func modelSources(modelDirectory override: String? = nil) throws -> ModelSources {
+        if let model = try loadModelDirectory(override: override) {
+            return ModelSources(weights: model.weights, vision: try visionTower(directory: model))
+        }
+        return ModelSources(weights: try weights(), vision: try visionTower())
+    }
+
+    /// A model_dir golden's directory, mapped and checked against the golden's config; nil for others.
+    func loadModelDirectory(override: String?) throws -> ModelDirectory? {
+        guard usesModelDirectory else { return nil }
+        guard let dir = modelDirectory(override: override) else {
+            throw GoldenError.invalid(file: path, path: "/ model_dir", reason: "a model_dir golden without model_dir; pass --model DIR")
+        }
+        let model = try ModelDirectory(path: dir)
+        guard model.config == config else {
+            throw GoldenError.configDisagrees(file: path, differences: ["\(dir)/config.json resolves differently from the golden's /config raw_json"])
+        }
+        return model
     }
 
     /// A float32 dataset as a tensor; NaN or Inf is an error, never a value to compare.

@@ -96,13 +96,13 @@ extension GoldenFile {
     /// patch per grid cell, image tokens matching the merged grids, and the recorded merge and
     /// positions of the prompt's length.
     private func validateImageInputs(_ scenario: GoldenScenario) throws {
-        guard let tower = try visionTower() else {
+        guard let c = try visionConfig() else {
             throw GoldenError.invalid(file: path, path: "/vision", reason: "missing; image scenario \(scenario.name) needs the vision tower")
         }
+        try validateTowerShapes(c)
         let prompt = try imagePrompt(scenario)
-        let c = tower.config
         let grids: [ImageGrid]
-        do { grids = try tower.grids(prompt.imageGrid) } catch {
+        do { grids = try VisionTower.grids(prompt.imageGrid, config: c) } catch {
             throw GoldenError.invalid(file: path, path: prompt.group + "/image_grid_thw", reason: "\(error)")
         }
         let patches = grids.reduce(0) { $0 + $1.patches }
@@ -122,6 +122,26 @@ extension GoldenFile {
             throw GoldenError.invalid(file: path, path: recorded, reason: "missing; the tower steps of \(prompt.group) are stored there")
         }
         for name in try file.children(of: recorded) { _ = try tensor(recorded + "/" + name) }
+    }
+
+    /// /vision/weights against the shapes the tower's config implies: shapes only, the values
+    /// are read (and checked finite) where a tower is built from them.
+    private func validateTowerShapes(_ c: VisionConfig) throws {
+        let expected = c.parameterShapes
+        let stored = Set(try file.children(of: "/vision/weights"))
+        if let missing = expected.keys.sorted().first(where: { !stored.contains($0) }) {
+            throw GoldenError.invalid(file: path, path: "/vision/weights/" + missing,
+                                      reason: "missing; the vision_config implies shape \(expected[missing]!)")
+        }
+        for name in stored.sorted() {
+            guard let shape = expected[name] else {
+                throw GoldenError.invalid(file: path, path: "/vision/weights/" + name, reason: "not a parameter of the tower the vision_config describes")
+            }
+            let found = try file.datasetInfo("/vision/weights/" + name).shape
+            guard found == shape else {
+                throw GoldenError.invalid(file: path, path: "/vision/weights", reason: "\(name) has shape \(found), the vision_config implies \(shape)")
+            }
+        }
     }
 
     /// The result tensors a path stores, where present: numbers, finite.

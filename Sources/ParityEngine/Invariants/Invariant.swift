@@ -35,7 +35,8 @@ public struct Implementations {
 
     /// Every model from one `Weights`, so they share one packed copy of each projection.
     public static func standard(_ golden: GoldenFile, modelDirectory: String? = nil) throws -> Implementations {
-        let weights = try golden.weights(modelDirectory: modelDirectory)
+        let sources = try golden.modelSources(modelDirectory: modelDirectory)
+        let (weights, tower) = (sources.weights, sources.vision)
         let vlm = try golden.vlmConfig()
         var unified: UnifiedTextModel?, unavailable: String?
         do {
@@ -49,7 +50,7 @@ public struct Implementations {
         }
         return Implementations(lm: LMTextModel(config: golden.config, weights: weights),
                                makeVLM: vlm.map { v in { VLMTextModel(config: v.text, multimodal: v.multimodal, weights: weights) } },
-                               unified: unified, unifiedUnavailable: unavailable, vision: try golden.visionTower())
+                               unified: unified, unifiedUnavailable: unavailable, vision: tower)
     }
 }
 

@@ -118,9 +118,9 @@ public enum GoldenParity {
     public static func checkFile(_ golden: GoldenFile, scenarios only: Set<String>? = nil,
                                  modelDirectory: String? = nil) throws -> FileReport {
         try golden.validate(only: only)
-        let weights = try golden.weights(modelDirectory: modelDirectory)
+        let sources = try golden.modelSources(modelDirectory: modelDirectory)
+        let (weights, tower) = (sources.weights, sources.vision)
         let vlm = try golden.vlmConfig()
-        let tower = try golden.visionTower()
         var report = FileReport()
         if let vlm {
             report.exact = try checkRopeTables(golden, vlm, model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: weights))

@@ -1,3 +1,4 @@
+import Checkpoint
 import Foundation
 import GoldenIO
 import ParityCore
@@ -28,8 +29,8 @@ public struct GoldenImagePrompt {
 }
 
 extension GoldenFile {
-    /// The vision tower of /vision (config and weights), or nil for a golden without one.
-    public func visionTower() throws -> VisionTower? {
+    /// The tower's config from /vision config_json, or nil for a golden without a tower.
+    public func visionConfig() throws -> VisionConfig? {
         guard file.exists("/vision") else { return nil }
         let source = "\(path): /vision config_json"
         let text = try file.stringAttribute("config_json", of: "/vision")
@@ -37,7 +38,24 @@ extension GoldenFile {
               let vision = object["vision_config"] as? [String: Any] else {
             throw GoldenError.invalid(file: path, path: "/vision config_json", reason: "no vision_config object")
         }
-        let config = try VisionConfig.decode(JSONSerialization.data(withJSONObject: vision), source: source)
+        return try VisionConfig.decode(JSONSerialization.data(withJSONObject: vision), source: source)
+    }
+
+    /// The vision tower of /vision, or nil for a golden without one. A model-directory golden's
+    /// tower is the directory's own, read in place (the golden's float32 copy of it, what mlx-vlm
+    /// ran, is then only what its image rows are measured against); others use /vision/weights.
+    public func visionTower(directory: ModelDirectory? = nil) throws -> VisionTower? {
+        guard let config = try visionConfig() else { return nil }
+        if let directory {
+            let values = try directory.visionWeights(config: config)
+            if !values.isEmpty {
+                do {
+                    return try VisionTower(config: config, values: values)
+                } catch let error as VisionError {
+                    throw GoldenError.invalid(file: directory.path, path: "vision_tower", reason: error.description)
+                }
+            }
+        }
         var weights: [String: Tensor] = [:]
         for name in try file.children(of: "/vision/weights") {
             weights[name] = try tensor("/vision/weights/" + name)

@@ -39,6 +39,12 @@ public struct VisionTower: Sendable {
     /// `weights` by mlx-vlm name (`vision_tower.…`): exactly the tower's parameters, each of
     /// the shape the config implies.
     public init(config: VisionConfig, weights: [String: Tensor]) throws {
+        try self.init(config: config, values: weights.mapValues { .dense($0) })
+    }
+
+    /// The same from values a checkpoint may keep in their stored form (a projection read in
+    /// place, decoded by its products to the bits of the dense copy).
+    public init(config: VisionConfig, values weights: [String: WeightValue]) throws {
         let expected = config.parameterShapes
         let missing = expected.keys.filter { weights[$0] == nil }.sorted()
         let unexpected = weights.keys.filter { expected[$0] == nil }.sorted()
@@ -51,8 +57,16 @@ public struct VisionTower: Sendable {
         for (name, shape) in expected.sorted(by: { $0.key < $1.key }) where weights[name]!.shape != shape {
             throw VisionError.weights("\(name) has shape \(weights[name]!.shape), the config implies \(shape)")
         }
-        func w(_ name: String) -> Tensor { weights["vision_tower." + name]! }
-        func linear(_ name: String) -> LinearWeight { LinearWeight(w(name)) }
+        if let bad = weights.sorted(by: { $0.key < $1.key }).first(where: { $0.value.firstNonFinite != nil }) {
+            throw VisionError.weights("\(bad.key) holds a NaN or infinity")
+        }
+        func w(_ name: String) -> Tensor { weights["vision_tower." + name]!.tensor }
+        func linear(_ name: String) -> LinearWeight {
+            if case let .encoded(matrix, shape) = weights["vision_tower." + name]!, shape.count == 2 {
+                return LinearWeight(encoded: matrix)
+            }
+            return LinearWeight(w(name))
+        }
         self.config = config
         let patch = w("patch_embed.proj.weight")     // [Dv, Tp, P, P, C]: rows already in K order
         patchProjection = LinearWeight(patch.reshaped([config.hiddenSize, config.patchValues]))
@@ -75,6 +89,11 @@ public struct VisionTower: Sendable {
 
     /// Checks `image_grid_thw` rows `(t, h, w)` against the config and returns them as grids.
     public func grids(_ rows: [[Int]]) throws -> [ImageGrid] {
+        try Self.grids(rows, config: config)
+    }
+
+    /// The same against a config alone (no weights needed to validate a golden's inputs).
+    public static func grids(_ rows: [[Int]], config: VisionConfig) throws -> [ImageGrid] {
         let ms = config.spatialMergeSize
         guard !rows.isEmpty else { throw VisionError.badGrid("no images") }
         return try rows.enumerated().map { i, row in
