@@ -25,8 +25,9 @@ public enum VisionSanitize {
         return key
     }
 
-    /// The tower's tensors by runtime name. Projections keep their stored form; the patch
-    /// embedding of a published checkpoint is decoded and permuted (it is small).
+    /// The tower's tensors by runtime name, each of the shape the config implies and finite.
+    /// Projections keep their stored form; the patch embedding of a published checkpoint is
+    /// decoded and permuted (it is small).
     /// `origin` names the file and stored tensor of a runtime name, for errors.
     static func tower(_ stored: [String: SourceTensor], config: VisionConfig,
                       origin: (String) -> (file: String, tensor: String)) throws -> [String: WeightValue] {
@@ -45,6 +46,18 @@ public enum VisionSanitize {
                 throw CheckpointError.tensorDisagreesWithConfig(
                     file: file, tensor: tensor,
                     reason: "shape \(patch.shape) has \(c) input channels (vision_config in_channels) neither last (MLX) nor second (PyTorch)")
+            }
+        }
+        for (name, value) in out.sorted(by: { $0.key < $1.key }) {
+            guard let shape = config.parameterShapes[name] else { continue }   // the tower names what it does not know
+            if value.shape != shape {
+                let (file, tensor) = origin(name)
+                throw CheckpointError.tensorDisagreesWithConfig(file: file, tensor: tensor,
+                    reason: "shape \(value.shape), the vision_config implies \(shape)")
+            }
+            if let bad = value.firstNonFinite {
+                let (file, tensor) = origin(name)
+                throw CheckpointError.tensorDisagreesWithConfig(file: file, tensor: tensor, reason: "holds a NaN or infinity at flat index \(bad)")
             }
         }
         return out

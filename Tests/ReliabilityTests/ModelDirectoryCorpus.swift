@@ -180,6 +180,24 @@ extension BadInputCorpus {
             // The new entry's bytes are the data section's first 16: their values do not matter.
             try write(try edited.file(), dir, "model.safetensors")
         } }
+        // A multimodal directory's own tower (read by check in place, sanitized as mlx-vlm does).
+        func isVision(_ n: String) -> Bool { n.hasPrefix("vision_tower.") || n.hasPrefix("model.visual.") }
+        let fc1 = names.first { isVision($0) && $0.hasSuffix("blocks.0.mlp.linear_fc1.weight") }
+        let patch = names.first { isVision($0) && $0.hasSuffix("patch_embed.proj.weight") }
+        if multimodal, let fc1, let patch {
+            add("vision-tensor-shape-disagrees", ["model.safetensors", fc1, "vision_config implies"]) { dir in
+                var edited = parts
+                edited.entries[fc1]!["shape"] = Array((edited.entries[fc1]!["shape"] as! [Int]).reversed())
+                try write(try edited.file(), dir, "model.safetensors")
+            }
+            add("vision-patch-embedding-in-no-layout", ["model.safetensors", patch, "in_channels"]) { dir in
+                var edited = parts
+                var shape = edited.entries[patch]!["shape"] as! [Int]   // [D, C, Tp, P, P] or [D, Tp, P, P, C]
+                shape = [shape[0], shape[1] * shape[2] * shape[3] * shape[4], 1, 1, 1]
+                edited.entries[patch]!["shape"] = shape
+                try write(try edited.file(), dir, "model.safetensors")
+            }
+        }
         return out
     }
 }
