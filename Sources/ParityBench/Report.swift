@@ -47,6 +47,44 @@ public struct Roofline: Sendable {
         return 1 / max(flops / peakFLOPs, Double(weightBytes) / bandwidth)
     }
 
+    /// Floating-point operations one core can start per cycle, fused (FMA) and as a separate
+    /// multiply and add (what a bit-exact kernel does), from /proc/cpuinfo's vendor, family and
+    /// flags. Intel runs multiplies and adds on its FMA units, so separate ones get half the
+    /// rate; AMD Zen has two add pipes beside its two multiply/FMA pipes, so they do not.
+    public struct CorePeak: Sendable, Equatable {
+        public var fused: Double
+        public var separate: Double
+        public var why: String
+    }
+
+    public static func corePeak(cpuinfo: String) -> CorePeak {
+        func field(_ name: String) -> String? {
+            for line in cpuinfo.split(separator: "\n") {
+                let parts = line.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+                if parts.count == 2, parts[0].trimmingCharacters(in: .whitespaces) == name {
+                    return parts[1].trimmingCharacters(in: .whitespaces)
+                }
+            }
+            return nil
+        }
+        let flags = Set((field("flags") ?? "").split(separator: " ").map(String.init))
+        let amd = field("vendor_id") == "AuthenticAMD"
+        let family = field("cpu family").flatMap { Int($0) } ?? 0, model = field("model").flatMap { Int($0) } ?? 0
+        if amd && (family >= 0x19 || (family == 0x17 && model >= 0x30)) && flags.contains("avx2") {
+            return CorePeak(fused: 32, separate: 32, why: "AMD Zen 2 or later: 2 FMA and 2 add pipes of 8 lanes")
+        }
+        if amd && family == 0x17 && flags.contains("avx2") {
+            return CorePeak(fused: 16, separate: 16, why: "AMD Zen 1: 2 FMA and 2 add pipes of 4 lanes")
+        }
+        if flags.contains("avx512f") {
+            return CorePeak(fused: 64, separate: 32, why: "AVX-512: 2 FMA units of 16 lanes, shared by multiplies and adds")
+        }
+        if flags.contains("avx2") && flags.contains("fma") {
+            return CorePeak(fused: 32, separate: 16, why: "AVX2: 2 FMA units of 8 lanes, shared by multiplies and adds")
+        }
+        return CorePeak(fused: 8, separate: 8, why: "SSE: a 4-lane multiply and add")
+    }
+
     /// Nominal clock of this machine from /proc/cpuinfo, in Hz (nil when unknown).
     public static func nominalClock() -> Double? {
         guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return nil }

@@ -68,7 +68,7 @@ public struct Bench: ParsableCommand {
     @Option(help: "Memory bandwidth for the roofline, GB/s.")
     var bandwidthGBs = 28.8
 
-    @Option(help: "Peak FMA throughput for the roofline, GFLOP/s (default: cores × clock × 64).")
+    @Option(help: "Peak FMA throughput for the roofline, GFLOP/s (default: cores × clock × the FLOP per cycle of this CPU, from /proc/cpuinfo).")
     var peakGflops: Double?
 
     @Option(help: "Vector instructions one core issues per cycle, for the q4 exact-arithmetic bound (Zen 3: 2 multiply + 2 add pipes).")
@@ -99,11 +99,15 @@ public struct Bench: ParsableCommand {
             FileHandle.standardError.write(Data((line + "\n").utf8))
         }
         let cores = Double(ProcessInfo.processInfo.activeProcessorCount)
-        let peak = (peakGflops.map { $0 * 1e9 }) ?? cores * (Roofline.nominalClock() ?? 2.3e9) * 64
+        let core = Roofline.corePeak(cpuinfo: (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? "")
+        let perCycle = cores * (Roofline.nominalClock() ?? 2.3e9)
+        let peak = (peakGflops.map { $0 * 1e9 }) ?? perCycle * core.fused
+        let separate = peakGflops.map { $0 * 1e9 * core.separate / core.fused } ?? perCycle * core.separate
         let rooflines = [
             Roofline(peakFLOPs: peak, bandwidth: bandwidthGBs * 1e9, label: "roofline (FMA peak)"),
-            Roofline(peakFLOPs: peak / 2, bandwidth: bandwidthGBs * 1e9, label: "roofline without FMA"),
+            Roofline(peakFLOPs: separate, bandwidth: bandwidthGBs * 1e9, label: "roofline without FMA"),
         ]
+        FileHandle.standardError.write(Data("roofline: \(Int(core.fused)) FLOP/cycle fused, \(Int(core.separate)) separate per core (\(core.why))\n".utf8))
         print(String(format: "Qwen3.5-0.8B text shape, float32, random weights (%@, %.2f GB), %d repeats; tokens/s as median (min–max)",
                      options.dataPath, Double(data.weightBytes) / 1e9, options.plan.repeats))
         let bounds = options.q4Directory.map { q4Bounds(directory: $0, config: data.config, threads: options.threads) } ?? []

@@ -119,3 +119,28 @@ import Testing
         #expect(BenchOptions.bestOpenBLASCore(cpuinfo: nil) == nil)
     }
 }
+
+/// The roofline's FLOP per cycle follows the CPU: Zen's separate add pipes give an exact
+/// (unfused) kernel the fused rate; Intel's shared FMA units halve it.
+@Suite struct CorePeakTests {
+    func cpuinfo(_ vendor: String, family: Int, model: Int, flags: String) -> String {
+        "processor\t: 0\nvendor_id\t: \(vendor)\ncpu family\t: \(family)\nmodel name\t: x\nmodel\t\t: \(model)\nflags\t\t: fpu sse sse2 \(flags)\n"
+    }
+
+    @Test func zen3HasNoPenaltyForSeparateMultiplyAndAdd() {
+        let p = Roofline.corePeak(cpuinfo: cpuinfo("AuthenticAMD", family: 25, model: 1, flags: "avx avx2 fma"))
+        #expect(p.fused == 32 && p.separate == 32)
+    }
+
+    @Test func intelSharesItsFMAUnits() {
+        let skx = Roofline.corePeak(cpuinfo: cpuinfo("GenuineIntel", family: 6, model: 85, flags: "avx avx2 fma avx512f"))
+        #expect(skx.fused == 64 && skx.separate == 32)
+        let hsw = Roofline.corePeak(cpuinfo: cpuinfo("GenuineIntel", family: 6, model: 63, flags: "avx avx2 fma"))
+        #expect(hsw.fused == 32 && hsw.separate == 16)
+    }
+
+    @Test func zen1AndOldCPUs() {
+        #expect(Roofline.corePeak(cpuinfo: cpuinfo("AuthenticAMD", family: 23, model: 1, flags: "avx avx2 fma")).fused == 16)
+        #expect(Roofline.corePeak(cpuinfo: cpuinfo("GenuineIntel", family: 6, model: 23, flags: "ssse3")).fused == 8)
+    }
+}
