@@ -92,6 +92,24 @@ public struct VisionConfig: Equatable, Sendable {
         }
     }
 
+    /// How tensors of these shapes (by mlx-vlm name) fail to be exactly this tower's parameters,
+    /// or nil: missing and unexpected names first, then the first shape (in name order) that differs.
+    public func parameterMismatch(_ shapes: [String: [Int]]) -> String? {
+        let expected = parameterShapes
+        let missing = expected.keys.filter { shapes[$0] == nil }.sorted()
+        let unexpected = shapes.keys.filter { expected[$0] == nil }.sorted()
+        guard missing.isEmpty, unexpected.isEmpty else {
+            func list(_ names: [String]) -> String { names.prefix(3).joined(separator: ", ") + (names.count > 3 ? ", …" : "") }
+            return [missing.isEmpty ? nil : "\(missing.count) missing (\(list(missing)))",
+                    unexpected.isEmpty ? nil : "\(unexpected.count) unexpected (\(list(unexpected)))"]
+                .compactMap { $0 }.joined(separator: ", ")
+        }
+        for (name, shape) in expected.sorted(by: { $0.key < $1.key }) where shapes[name]! != shape {
+            return "\(name) has shape \(shapes[name]!), the config implies \(shape)"
+        }
+        return nil
+    }
+
     /// The tower's parameters as mlx-vlm names them (prefix `vision_tower.`), with shapes.
     public var parameterShapes: [String: [Int]] {
         let (D, I, K) = (hiddenSize, intermediateSize, mergeUnit * hiddenSize)

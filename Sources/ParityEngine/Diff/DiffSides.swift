@@ -253,9 +253,10 @@ public enum DiffSides {
         guard let vlm = try golden.vlmConfig() else {
             throw GoldenError.invalid(file: golden.path, path: "/config vlm_json", reason: "this golden was written without mlx-vlm")
         }
+        let sources = try weights()
         return ImplementationSide(id: id, title: title, numerics: "mlx-vlm",
-                                  model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: try weights().weights),
-                                  schedulePath: path, tower: try weights().vision)
+                                  model: VLMTextModel(config: vlm.text, multimodal: vlm.multimodal, weights: sources.weights),
+                                  schedulePath: path, tower: sources.vision)
     }
 
     public static var names: [String] { registered.map(\.id) }

@@ -127,20 +127,10 @@ extension GoldenFile {
     /// /vision/weights against the shapes the tower's config implies: shapes only, the values
     /// are read (and checked finite) where a tower is built from them.
     private func validateTowerShapes(_ c: VisionConfig) throws {
-        let expected = c.parameterShapes
-        let stored = Set(try file.children(of: "/vision/weights"))
-        if let missing = expected.keys.sorted().first(where: { !stored.contains($0) }) {
-            throw GoldenError.invalid(file: path, path: "/vision/weights/" + missing,
-                                      reason: "missing; the vision_config implies shape \(expected[missing]!)")
-        }
-        for name in stored.sorted() {
-            guard let shape = expected[name] else {
-                throw GoldenError.invalid(file: path, path: "/vision/weights/" + name, reason: "not a parameter of the tower the vision_config describes")
-            }
-            let found = try file.datasetInfo("/vision/weights/" + name).shape
-            guard found == shape else {
-                throw GoldenError.invalid(file: path, path: "/vision/weights", reason: "\(name) has shape \(found), the vision_config implies \(shape)")
-            }
+        var shapes: [String: [Int]] = [:]
+        for name in try file.children(of: "/vision/weights") { shapes[name] = try file.datasetInfo("/vision/weights/" + name).shape }
+        if let mismatch = c.parameterMismatch(shapes) {
+            throw GoldenError.invalid(file: path, path: "/vision/weights", reason: mismatch)
         }
     }
 

@@ -43,23 +43,10 @@ public struct VisionTower: Sendable {
     }
 
     /// The same from values a checkpoint may keep in their stored form (a projection read in
-    /// place, decoded by its products to the bits of the dense copy).
+    /// place, decoded by its products to the bits of the dense copy). Values are finite: their
+    /// sources check that as they read them.
     public init(config: VisionConfig, values weights: [String: WeightValue]) throws {
-        let expected = config.parameterShapes
-        let missing = expected.keys.filter { weights[$0] == nil }.sorted()
-        let unexpected = weights.keys.filter { expected[$0] == nil }.sorted()
-        guard missing.isEmpty, unexpected.isEmpty else {
-            func list(_ names: [String]) -> String { names.prefix(3).joined(separator: ", ") + (names.count > 3 ? ", …" : "") }
-            throw VisionError.weights([missing.isEmpty ? nil : "\(missing.count) missing (\(list(missing)))",
-                                       unexpected.isEmpty ? nil : "\(unexpected.count) unexpected (\(list(unexpected)))"]
-                .compactMap { $0 }.joined(separator: ", "))
-        }
-        for (name, shape) in expected.sorted(by: { $0.key < $1.key }) where weights[name]!.shape != shape {
-            throw VisionError.weights("\(name) has shape \(weights[name]!.shape), the config implies \(shape)")
-        }
-        if let bad = weights.sorted(by: { $0.key < $1.key }).first(where: { $0.value.firstNonFinite != nil }) {
-            throw VisionError.weights("\(bad.key) holds a NaN or infinity")
-        }
+        if let mismatch = config.parameterMismatch(weights.mapValues(\.shape)) { throw VisionError.weights(mismatch) }
         func w(_ name: String) -> Tensor { weights["vision_tower." + name]!.tensor }
         func linear(_ name: String) -> LinearWeight {
             if case let .encoded(matrix, shape) = weights["vision_tower." + name]!, shape.count == 2 {
