@@ -100,14 +100,18 @@ public struct Bench: ParsableCommand {
         }
         let cores = Double(ProcessInfo.processInfo.activeProcessorCount)
         let core = Roofline.corePeak(cpuinfo: (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? "")
-        let perCycle = cores * (Roofline.nominalClock() ?? 2.3e9)
+        // The clock the cores run at, measured (a turbo clock is above /proc/cpuinfo's nominal
+        // one, and a peak below what a kernel reaches is no ceiling).
+        let clock = MatrixProduct.measuredClockHz() ?? Roofline.nominalClock() ?? 2.3e9
+        let perCycle = cores * clock
         let peak = (peakGflops.map { $0 * 1e9 }) ?? perCycle * core.fused
         let separate = peakGflops.map { $0 * 1e9 * core.separate / core.fused } ?? perCycle * core.separate
         let rooflines = [
             Roofline(peakFLOPs: peak, bandwidth: bandwidthGBs * 1e9, label: "roofline (FMA peak)"),
             Roofline(peakFLOPs: separate, bandwidth: bandwidthGBs * 1e9, label: "roofline without FMA"),
         ]
-        FileHandle.standardError.write(Data("roofline: \(Int(core.fused)) FLOP/cycle fused, \(Int(core.separate)) separate per core (\(core.why))\n".utf8))
+        FileHandle.standardError.write(Data(String(format: "roofline: %d FLOP/cycle fused, %d separate per core (%@), %.2f GHz measured, %d cores\n",
+                                                   Int(core.fused), Int(core.separate), core.why as NSString, clock / 1e9, Int(cores)).utf8))
         print(String(format: "Qwen3.5-0.8B text shape, float32, random weights (%@, %.2f GB), %d repeats; tokens/s as median (min–max)",
                      options.dataPath, Double(data.weightBytes) / 1e9, options.plan.repeats))
         let bounds = options.q4Directory.map { q4Bounds(directory: $0, config: data.config, threads: options.threads) } ?? []

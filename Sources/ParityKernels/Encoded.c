@@ -221,16 +221,17 @@ static inline __attribute__((always_inline)) void transpose_regs(v8 r[8]) {
 }
 
 // Columns q0 … q0+7 of eight decoded rows (`rows`, row-major, stride k) into the panel at
-// column jb: an 8×8 transpose in registers, one 32-byte store per panel row.
+// column jb (a multiple of 8, so the eight sit in one strip): an 8×8 transpose in registers,
+// one 32-byte store per panel row.
 static inline __attribute__((always_inline))
 void transpose8(const float *rows, int k, int q0, float *panel, int jb) {
     v8 r[8];
     for (int i = 0; i < 8; i++) memcpy(&r[i], rows + (size_t)i * k + q0, sizeof(v8));
     transpose_regs(r);
-    for (int c = 0; c < 8; c++) memcpy(panel + (size_t)(q0 + c) * PK_PANEL + jb, &r[c], sizeof(v8));
+    for (int c = 0; c < 8; c++) memcpy(panel + pk_packed_b_index(k, q0 + c, jb), &r[c], sizeof(v8));
 }
 
-// Panels [first, last): decode each into `panel` ([K][64], zero-padded) and multiply. Rows are
+// Panels [first, last): decode each into `panel` (four [K][16] strips, zero-padded) and multiply. Rows are
 // decoded eight at a time into row-major scratch (contiguous writes), then moved into the
 // panel's columns by 8×8 transposes.
 static inline __attribute__((always_inline))
@@ -249,7 +250,7 @@ void encoded_panels_body(const encoded_job *j, int first, int last, decode_fn de
             if (count == BLOCK_ROWS)
                 for (; q + 8 <= k; q += 8) transpose8(rows, k, q, panel, jb);
             for (; q < k; q++)
-                for (int r = 0; r < count; r++) panel[(size_t)q * PK_PANEL + jb + r] = rows[(size_t)r * k + q];
+                for (int r = 0; r < count; r++) panel[pk_packed_b_index(k, q, jb + r)] = rows[(size_t)r * k + q];
         }
         pk_gemm(j->a, panel, j->c + j0, j->ldc, j->m, cols, k, 0, 1);
     }

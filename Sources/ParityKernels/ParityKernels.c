@@ -30,18 +30,18 @@ void pk_pack_b(const float *w, int n, int k, int ld, int transposed, float *pack
     for (int p = 0; p < panels; p++) {
         float *dst = packed + (size_t)p * k * PK_PANEL;
         int j0 = p * PK_PANEL, cols = n - j0 < PK_PANEL ? n - j0 : PK_PANEL;
-        if (transposed) {
-            // w is [N, K]: column j of B is row j of w.
-            if (cols < PK_PANEL) memset(dst, 0, sizeof(float) * (size_t)k * PK_PANEL);
-            for (int j = 0; j < cols; j++) {
-                const float *row = w + (size_t)(j0 + j) * ld;
-                for (int q = 0; q < k; q++) dst[(size_t)q * PK_PANEL + j] = row[q];
-            }
-        } else {
-            for (int q = 0; q < k; q++) {
-                float *d = dst + (size_t)q * PK_PANEL;
-                memcpy(d, w + (size_t)q * ld + j0, sizeof(float) * (size_t)cols);
-                if (cols < PK_PANEL) memset(d + cols, 0, sizeof(float) * (size_t)(PK_PANEL - cols));
+        if (cols < PK_PANEL) memset(dst, 0, sizeof(float) * (size_t)k * PK_PANEL);
+        for (int s = 0; s * PK_STRIP < cols; s++) {
+            float *strip = dst + (size_t)s * k * PK_STRIP;
+            const int c0 = s * PK_STRIP, width = cols - c0 < PK_STRIP ? cols - c0 : PK_STRIP;
+            if (transposed) {
+                // w is [N, K]: column j of B is row j of w.
+                for (int j = 0; j < width; j++) {
+                    const float *row = w + (size_t)(j0 + c0 + j) * ld;
+                    for (int q = 0; q < k; q++) strip[(size_t)q * PK_STRIP + j] = row[q];
+                }
+            } else {
+                for (int q = 0; q < k; q++) memcpy(strip + (size_t)q * PK_STRIP, w + (size_t)q * ld + j0 + c0, sizeof(float) * (size_t)width);
             }
         }
     }
@@ -74,8 +74,11 @@ void tile(const int mr, int k, const float *restrict at, const float *restrict b
     for (int q = 0; q < k; q++) {
         if (q * pf_step < pf_lines)
             for (int l = 0; l < pf_step; l++) __builtin_prefetch(pf + (size_t)(q * pf_step + l) * 64, 0, 2);
-        const v16 *b = (const v16 *)(bp + (size_t)q * PK_PANEL);
-        const v16 b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
+        // One 16-column row of each of the panel's four strips.
+        const float *b = bp + (size_t)q * PK_STRIP;
+        const size_t strip = (size_t)k * PK_STRIP;
+        const v16 b0 = *(const v16 *)b, b1 = *(const v16 *)(b + strip), b2 = *(const v16 *)(b + 2 * strip),
+                  b3 = *(const v16 *)(b + 3 * strip);
         const float *ar = at + (size_t)q * PK_TILE_ROWS;
         for (int i = 0; i < mr; i++) {
             const float s = ar[i];
@@ -102,6 +105,101 @@ void tile(const int mr, int k, const float *restrict at, const float *restrict b
         for (int i = 0; i < mr; i++) {
             for (int v = 0; v < VECTORS; v++) *(v16 *)(row + v * LANES) = acc[i][v];
             memcpy(c + (size_t)i * ldc, row, sizeof(float) * (size_t)cols);
+        }
+    }
+}
+
+// AVX2 has 16 vector registers, and a 6 × 64 tile would keep its 48 accumulators on the stack.
+// There a row tile walks the panel strip by strip: 6 × 16 is 12 accumulators, 2 vectors of B,
+// a broadcast and a product, and B comes as one contiguous stream (a panel row's 256 bytes at
+// a 256-byte stride ran at 70 % of that). Each element's sum is the same chain over k, in the
+// same order, whatever the walk: the bits are those of the wide tile.
+typedef float v8 __attribute__((vector_size(32), aligned(4)));
+
+// One k step of a pass: nv vectors of B (two per strip), times mr broadcasts of A.
+static inline __attribute__((always_inline))
+void strip_step(const int mr, const int nv, v8 acc[PK_TILE_ROWS][8], const float *const sp[4], const float *ar,
+                size_t q, const int fused) {
+    v8 bv[8];
+    for (int v = 0; v < nv; v++) memcpy(&bv[v], sp[v / 2] + q * PK_STRIP + 8 * (v % 2), sizeof(v8));
+    for (int i = 0; i < mr; i++) {
+        const float s = ar[q * PK_TILE_ROWS + i];
+        const v8 sv = {s, s, s, s, s, s, s, s};
+        for (int v = 0; v < nv; v++) {
+            if (fused) { acc[i][v] = __builtin_elementwise_fma(bv[v], sv, acc[i][v]); continue; }
+            const v8 p = bv[v] * sv;
+            acc[i][v] = acc[i][v] + p;
+        }
+    }
+}
+
+// Columns c0 … c0 + 8·nv (c0 a multiple of 16) of one row tile over k rows [0, k) of a k block.
+// `bp` is the block's first row in the panel's first strip, `strip_floats` the distance between
+// strips. `resume`: the sums carry on from the values in C (the previous k block's, stored as
+// float32, so the chain over k is unbroken) instead of starting at 0.
+static inline __attribute__((always_inline))
+void strip(const int mr, const int nv, int k, const float *restrict at, const float *restrict bp, size_t strip_floats,
+           int c0, float *restrict c, int ldc, int cols, int resume, const int fused) {
+    const float *sp[4];
+    for (int t = 0; t < (nv + 1) / 2; t++) sp[t] = bp + (size_t)(c0 / PK_STRIP + t) * strip_floats;
+    v8 acc[PK_TILE_ROWS][8];
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++) {
+            const int col = c0 + 8 * v;
+            acc[i][v] = (v8){0};
+            if (!resume) continue;
+            if (col + 8 <= cols) { memcpy(&acc[i][v], c + (size_t)i * ldc + col, sizeof(v8)); continue; }
+            for (int l = 0; col + l < cols; l++) acc[i][v][l] = c[(size_t)i * ldc + col + l];
+        }
+    // A bare loop: its own instructions share the 6 dispatch slots a cycle with the step's 32.
+    // No software prefetch: a strip is one contiguous stream, which the hardware prefetcher
+    // follows (prefetching the next panel here cost 10-25 %).
+    for (size_t q = 0; q < (size_t)k; q++) strip_step(mr, nv, acc, sp, at, q, fused);
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++) {
+            const int col = c0 + 8 * v;
+            if (col + 8 <= cols) { memcpy(c + (size_t)i * ldc + col, &acc[i][v], sizeof(v8)); continue; }
+            for (int l = 0; col + l < cols; l++) c[(size_t)i * ldc + col + l] = acc[i][v][l];
+        }
+}
+
+// One row tile of the panel in passes that fit 16 registers: one strip, or two or four side by
+// side for the one- and two-row tiles.
+static inline __attribute__((always_inline))
+void narrow_tile(const int mr, int k, const float *restrict at, const float *restrict bp, size_t strip_floats,
+                 float *restrict c, int ldc, int cols, int resume, const int fused) {
+    const int nv = mr == 1 ? 8 : mr == 2 ? 4 : 2, width = 8 * nv;
+    for (int c0 = 0; c0 < PK_PANEL && c0 < cols; c0 += width)
+        strip(mr, nv, k, at, bp, strip_floats, c0, c, ldc, cols, resume, fused);
+}
+
+// The narrow kernel walks a panel in k blocks of NARROW_KC rows: 128 KB of B, which stays in
+// L2 while every row tile passes over it (a whole panel is 917 KB at K = 3584). Between blocks
+// a tile's sums wait in C.
+enum { NARROW_KC = 512 };
+
+static inline __attribute__((always_inline))
+void narrow_body(const float *packed_a, const float *packed_b, float *c, int ldc,
+                 int m, int n, int k, int first_panel, int panel_count, const int fused) {
+    const size_t strip_floats = (size_t)k * PK_STRIP;
+    for (int p = first_panel; p < first_panel + panel_count; p++) {
+        const float *panel = packed_b + (size_t)p * k * PK_PANEL;
+        const int j0 = p * PK_PANEL, cols = n - j0 < PK_PANEL ? n - j0 : PK_PANEL;
+        for (int k0 = 0; k0 < k; k0 += NARROW_KC) {
+            const int kc = k - k0 < NARROW_KC ? k - k0 : NARROW_KC, resume = k0 > 0;
+            const float *bp = panel + (size_t)k0 * PK_STRIP;
+            for (int r0 = 0; r0 < m; r0 += PK_TILE_ROWS) {
+                const float *at = packed_a + ((size_t)(r0 / PK_TILE_ROWS) * k + k0) * PK_TILE_ROWS;
+                float *ct = c + (size_t)r0 * ldc + j0;
+                switch (m - r0 < PK_TILE_ROWS ? m - r0 : PK_TILE_ROWS) {
+                case 6: narrow_tile(6, kc, at, bp, strip_floats, ct, ldc, cols, resume, fused); break;
+                case 5: narrow_tile(5, kc, at, bp, strip_floats, ct, ldc, cols, resume, fused); break;
+                case 4: narrow_tile(4, kc, at, bp, strip_floats, ct, ldc, cols, resume, fused); break;
+                case 3: narrow_tile(3, kc, at, bp, strip_floats, ct, ldc, cols, resume, fused); break;
+                case 2: narrow_tile(2, kc, at, bp, strip_floats, ct, ldc, cols, resume, fused); break;
+                default: narrow_tile(1, kc, at, bp, strip_floats, ct, ldc, cols, resume, fused); break;
+                }
+            }
         }
     }
 }
@@ -162,13 +260,13 @@ static void gemm_avx512_fma(const float *a, const float *b, float *c, int ldc, i
 __attribute__((target("avx2")))
 static void gemm_avx2(const float *a, const float *b, float *c, int ldc, int m, int n, int k,
                       int first, int count) {
-    gemm_body(a, b, c, ldc, m, n, k, first, count, 0);
+    narrow_body(a, b, c, ldc, m, n, k, first, count, 0);
 }
 
 __attribute__((target("avx2,fma")))
 static void gemm_avx2_fma(const float *a, const float *b, float *c, int ldc, int m, int n, int k,
                           int first, int count) {
-    gemm_body(a, b, c, ldc, m, n, k, first, count, 1);
+    narrow_body(a, b, c, ldc, m, n, k, first, count, 1);
 }
 #endif
 

@@ -87,7 +87,7 @@ public enum MatrixProduct {
     }
 }
 
-/// `B [K, N]` packed for the in-order kernel: 64-column panels, each `[K][64]`, zero-padded.
+/// `B [K, N]` packed for the in-order kernel: 64-column panels of four `[K][16]` strips, zero-padded.
 struct PackedPanels: Sendable {
     let n: Int, k: Int
     let storage: [Float]
@@ -108,8 +108,7 @@ struct PackedPanels: Sendable {
     /// Element `B[p, j]`.
     @inline(__always)
     func element(_ p: Int, _ j: Int) -> Float {
-        let panel = Int(PK_PANEL)
-        return storage[(j / panel) * k * panel + p * panel + j % panel]
+        storage[pk_packed_b_index(Int32(k), Int32(p), Int32(j))]
     }
 
     /// `c[M, N] = a[M, K] · B`, output columns split across `MatrixProduct.threads` threads

@@ -23,7 +23,10 @@ import Testing
         let previous = MatrixProduct.kernelName
         defer { MatrixProduct.selectKernel(previous) }
         guard MatrixProduct.selectKernel(kernel) else { return }   // the CPU lacks it
-        for (m, n, k) in [(1, 1, 1), (1, 200, 37), (5, 64, 64), (7, 130, 129), (13, 65, 300), (40, 257, 96)] {
+        // Every row-tile height (1 … 6), partial panels and strips, and K past the AVX2 kernel's
+        // k block (512), whose sums wait in C between blocks.
+        for (m, n, k) in [(1, 1, 1), (1, 200, 37), (2, 70, 33), (3, 150, 20), (5, 64, 64), (7, 130, 129),
+                          (13, 65, 300), (40, 257, 96), (8, 100, 1100)] {
             let x = randomTensor([m, k], seed: UInt64(m * 31 + k)), w = randomTensor([n, k], seed: UInt64(n * 17 + k))
             let y = x.linear(LinearWeight(w, backend: .sequential))
             let reference = Self.inOrder(x, w)

@@ -15,13 +15,21 @@
 extern "C" {
 #endif
 
-/// Columns per packed panel of B, and rows per register tile of A.
-enum { PK_PANEL = 64, PK_TILE_ROWS = 6 };
+/// Columns per packed panel of B, columns per strip of a panel, and rows per register tile of A.
+enum { PK_PANEL = 64, PK_STRIP = 16, PK_TILE_ROWS = 6 };
 
 /// Floats that hold a packed B of N columns and K rows: ceil(N / 64) panels of K × 64.
 size_t pk_packed_b_count(int n, int k);
 
-/// Packs B into panels: panel p holds columns 64p … 64p+63 as `[K][64]`, zero-padded past N.
+/// Where B[q, j] lives in a packed B of K rows: panel j / 64, strip (j % 64) / 16 of it, `[K][16]`.
+/// A strip is contiguous so that a kernel walking 16 columns over k reads one stream.
+static inline size_t pk_packed_b_index(int k, int q, int j) {
+    return (size_t)(j / PK_PANEL) * (size_t)k * PK_PANEL + (size_t)((j % PK_PANEL) / PK_STRIP) * (size_t)k * PK_STRIP
+        + (size_t)q * PK_STRIP + (size_t)(j % PK_STRIP);
+}
+
+/// Packs B into panels: panel p holds columns 64p … 64p+63 as four strips, each `[K][16]`
+/// (`pk_packed_b_index`), zero-padded past N.
 /// `w` is either a weight `[N, K]` (`transposed` = 1: B = wᵀ) or a matrix `[K, N]`
 /// (`transposed` = 0: B = w), row-major with leading dimension `ld`.
 void pk_pack_b(const float *w, int n, int k, int ld, int transposed, float *packed);
