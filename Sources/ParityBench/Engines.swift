@@ -51,6 +51,9 @@ public struct BenchOptions: Sendable {
     public var openBLASLibrary = "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"
     /// A quantized model directory of the bench's shape, for the q4 engines (nil: they are skipped).
     public var q4Directory: String?
+    /// Times the whole engine list runs, one engine after another in each round, each round with
+    /// `plan.repeats` repeats: the load of a shared machine then moves under every engine alike.
+    public var rounds = 1
     public init() {}
 
     /// How to make the directory the q4 engines need.
@@ -118,17 +121,24 @@ public enum SwiftEngine {
 }
 
 public enum BenchRunner {
-    /// Runs every engine of `options` in its own process, in order, and collects their reports.
+    /// Runs every engine of `options` in its own process, in order, `options.rounds` times round
+    /// robin, and collects their reports: each engine's repeats of every round together.
     public static func run(_ options: BenchOptions, executable: String, log: (String) -> Void) -> [EngineResult] {
-        options.engines.map { kind in
-            log("== \(kind.rawValue)")
-            do {
-                return try runChild(kind, options: options, executable: executable)
-            } catch {
-                log("\(kind.rawValue): \(error)")
-                return EngineResult(engine: kind.rawValue, skipped: "\(error)")
+        var results: [EngineResult?] = Array(repeating: nil, count: options.engines.count)
+        for round in 1...max(1, options.rounds) {
+            for (i, kind) in options.engines.enumerated() where results[i]?.skipped == nil {
+                log(options.rounds > 1 ? "== \(kind.rawValue), round \(round) of \(options.rounds)" : "== \(kind.rawValue)")
+                let result: EngineResult
+                do {
+                    result = try runChild(kind, options: options, executable: executable)
+                } catch {
+                    log("\(kind.rawValue): \(error)")
+                    result = EngineResult(engine: kind.rawValue, skipped: "\(error)")
+                }
+                results[i] = results[i].map { $0.merged(with: result) } ?? result
             }
         }
+        return results.map { $0! }
     }
 
     static func childEnvironment(_ kind: EngineKind, _ options: BenchOptions) -> [String: String] {

@@ -60,6 +60,18 @@ public struct EngineResult: Codable, Sendable {
         self.skipped = skipped
     }
 
+    /// This round's result followed by a later round's of the same engine: every repeat of both,
+    /// the higher peak RSS; a round that failed makes the engine skipped.
+    func merged(with later: EngineResult) -> EngineResult {
+        if skipped != nil { return self }
+        if later.skipped != nil { return later }
+        var all = self
+        for (length, rates) in later.prefill ?? [:] { all.prefill?[length, default: []] += rates }
+        all.decode = (decode ?? []) + (later.decode ?? [])
+        all.peakRSSBytes = max(peakRSSBytes ?? 0, later.peakRSSBytes ?? 0)
+        return all
+    }
+
     public init(engine: String, description: String) {
         self.engine = engine
         self.description = description

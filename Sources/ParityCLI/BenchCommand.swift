@@ -74,6 +74,9 @@ public struct Bench: ParsableCommand {
     @Option(help: "Vector instructions one core issues per cycle, for the q4 exact-arithmetic bound (Zen 3: 2 multiply + 2 add pipes).")
     var vectorPipes = 4.0
 
+    @Option(help: "Run the engine list this many times, round robin, each round with --repeats repeats (on a shared machine, --rounds 3 --repeats 1 puts every engine under the same load).")
+    var rounds = 1
+
     @Option(help: "Also write the results as JSON here.")
     var json: String?
 
@@ -86,6 +89,8 @@ public struct Bench: ParsableCommand {
         options.q4Directory = plan.q4Dir
         options.python = python
         options.threads = threads
+        guard rounds > 0 else { throw ValidationError("--rounds must be positive") }
+        options.rounds = rounds
         if let openblasCore { options.openBLASCore = openblasCore.isEmpty ? nil : openblasCore }
         options.engines = try engines.split(separator: ",").map { name in
             guard let kind = EngineKind(rawValue: String(name)) else {
@@ -112,8 +117,9 @@ public struct Bench: ParsableCommand {
         ]
         FileHandle.standardError.write(Data(String(format: "roofline: %d FLOP/cycle fused, %d separate per core (%@), %.2f GHz measured, %d cores\n",
                                                    Int(core.fused), Int(core.separate), core.why as NSString, clock / 1e9, Int(cores)).utf8))
-        print(String(format: "Qwen3.5-0.8B text shape, float32, random weights (%@, %.2f GB), %d repeats; tokens/s as median (min–max)",
-                     options.dataPath, Double(data.weightBytes) / 1e9, options.plan.repeats))
+        let repeats = rounds > 1 ? "\(rounds) rounds of \(options.plan.repeats) repeat(s), engines round robin" : "\(options.plan.repeats) repeats"
+        print(String(format: "Qwen3.5-0.8B text shape, float32, random weights (%@, %.2f GB), %@; tokens/s as median (min–max)",
+                     options.dataPath, Double(data.weightBytes) / 1e9, repeats as NSString))
         let bounds = options.q4Directory.map { q4Bounds(directory: $0, config: data.config, threads: options.threads) } ?? []
         print(BenchReport.render(results, plan: options.plan, config: data.config, weightBytes: data.weightBytes,
                                  rooflines: rooflines, bounds: bounds))

@@ -47,8 +47,7 @@ struct GatedDeltaNet {
         let a = trace.tap("a", x.linear(inProjA))           // [B, S, Hv]
 
         // A conv state of another batch size is replaced by zeros; so is a mask.
-        var state = Tensor(zeros: [B, window, Cc])
-        if let s = cache?.convState, s.shape[0] == B { state = s }
+        let state = cache?.convState.flatMap { $0.shape[0] == B ? $0 : nil } ?? Tensor(zeros: [B, window, Cc])
         let mask = BookkeepingSteps.ssmMask(mask.flatMap { $0.count == B * S ? $0 : nil }, batch: B, steps: S, trace: trace)
         if let mask {
             for r in 0..<(B * S) where !mask[r] { for ch in 0..<Cc { mixed.data[r * Cc + ch] = 0 } }
@@ -83,8 +82,11 @@ struct GatedDeltaNet {
         }
         g = trace.tap("g", g)
 
-        var recurrent = Tensor(zeros: [B, Hv, dv, dk])
-        if let s = cache?.recurrentState, s.shape[0] == B { recurrent = s }
+        // Taken out of the cache while the layer runs: the local copy is then the only one and is
+        // stepped in place (1 MB a layer per token copied, and as much zeroed, otherwise).
+        var recurrent: Tensor
+        if let s = cache?.recurrentState, s.shape[0] == B { recurrent = s } else { recurrent = Tensor(zeros: [B, Hv, dv, dk]) }
+        cache?.recurrentState = nil
         let y = trace.tap("core_out", S > 1
             ? chunkedDeltaRule(q: q, k: k, v: v, g: g, beta: beta, state: &recurrent, mask: mask)
             : sequentialDeltaRule(q: q, k: k, v: v, g: g, beta: beta, state: &recurrent, mask: mask))

@@ -143,4 +143,23 @@ import Testing
         #expect(Roofline.corePeak(cpuinfo: cpuinfo("AuthenticAMD", family: 23, model: 1, flags: "avx avx2 fma")).fused == 16)
         #expect(Roofline.corePeak(cpuinfo: cpuinfo("GenuineIntel", family: 6, model: 23, flags: "ssse3")).fused == 8)
     }
+
+    /// Rounds of one engine pool their repeats; the peak RSS is the highest; a failed round skips it.
+    @Test func roundsPoolTheirRepeats() {
+        var first = EngineResult(engine: "swift-lm", description: "Swift lm mirror")
+        first.prefill = ["128": [100, 104]]
+        first.decode = [9]
+        first.peakRSSBytes = 3_000
+        var second = EngineResult(engine: "swift-lm", description: "Swift lm mirror")
+        second.prefill = ["128": [90]]
+        second.decode = [11, 12]
+        second.peakRSSBytes = 3_500
+        let both = first.merged(with: second)
+        #expect(both.prefill?["128"] == [100, 104, 90])
+        #expect(both.decode == [9, 11, 12])
+        #expect(both.peakRSSBytes == 3_500)
+        #expect(both.skipped == nil)
+        let failed = first.merged(with: EngineResult(engine: "swift-lm", skipped: "exited with status 9"))
+        #expect(failed.skipped == "exited with status 9")
+    }
 }
