@@ -144,19 +144,25 @@ extension Bench {
         }
         let clock = MatrixProduct.measuredClockHz() ?? Roofline.nominalClock() ?? 2.3e9
         let ns = KernelBench.q4NanosecondsPerWeight()
+        let floor = MatrixProduct.q4FloorCyclesPer8(clockHz: clock)
         let cores = Double(threads)
         return [
             DecodeBound(label: "q4 roofline, bandwidth", tokensPerSecond: bandwidthGBs * 1e9 / bytes,
                         how: String(format: "%.3f GB read per token (the model*.safetensors of %@) at %.1f GB/s (--bandwidth-gbs)",
                                     bytes / 1e9, directory, bandwidthGBs)),
-            DecodeBound(label: "q4 bound, exact arithmetic", tokensPerSecond: cores * clock * vectorPipes * 8 / (7 * weights),
-                        how: String(format: "7 vector instructions per 8 weights at M = 1 (shift, and, convert, s·q, +β, ·x, +acc; "
+            DecodeBound(label: "q4 bound, exact arithmetic", tokensPerSecond: cores * clock * vectorPipes * 8 / (6 * weights),
+                        how: String(format: "6 vector instructions per 8 weights at M = 1 (nibble mask in place, convert, s·q, +β, ·x, +acc; "
                                     + "no FMA), %.0f per cycle (--vector-pipes), 8 lanes, %.2f GHz measured, %d cores, %.3f G weights per token",
                                     vectorPipes, clock / 1e9, threads, weights / 1e9)),
+            floor.map { cycles in
+                DecodeBound(label: "q4 bound, exact loop alone", tokensPerSecond: cores * clock * 8 / (cycles * weights),
+                            how: String(format: "those 6 instructions in a loop with every operand in L1 (no load of W, no scales "
+                                        + "gathered, nothing else of the step): %.2f cycles per 8 weights measured, %d cores", cycles, threads))
+            },
             DecodeBound(label: "q4 bound, measured kernel", tokensPerSecond: cores / (ns * 1e-9 * weights),
                         how: String(format: "the register-path q4 product alone, M = 1, 6144×1024, f32 scales: %.3f ns per weight "
                                     + "on one thread, times %d threads, %.3f G weights per token", ns, threads, weights / 1e9)),
-        ]
+        ].compactMap { $0 }
     }
 }
 

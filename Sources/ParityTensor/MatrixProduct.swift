@@ -47,6 +47,12 @@ public enum MatrixProduct {
         return hz > 0 ? hz : nil
     }
 
+    /// Cycles per 8 weights of the exact q4 sum alone at M = 1, operands in L1 (nil without AVX2).
+    public static func q4FloorCyclesPer8(clockHz: Double) -> Double? {
+        let cycles = pk_probe_q4_floor_cycles_per_8(clockHz)
+        return cycles > 0 ? cycles : nil
+    }
+
     /// The instruction set of the in-order kernel: "avx512f", "avx2" or "generic".
     public static var kernelName: String { String(cString: pk_kernel_name()) }
 

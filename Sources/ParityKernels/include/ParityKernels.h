@@ -188,6 +188,10 @@ int pk_set_encoded_fused_rows(int m);
 /// This core's clock in Hz, measured by a chain of dependent adds (~0.2 s); 0 where not measured.
 double pk_probe_clock_hz(void);
 
+/// Cycles per 8 weights of the exact q4 sum at M = 1 run alone, every operand in L1 (the least
+/// any q4 decode product can spend on this core at `clock_hz`); 0 where not measured.
+double pk_probe_q4_floor_cycles_per_8(double clock_hz);
+
 #ifdef __cplusplus
 }
 #endif
